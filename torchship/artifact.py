@@ -1,0 +1,160 @@
+"""`Artifact`: one exported file with its format, precision, hash and I/O description."""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torchship.errors import ConfigError, ModelLoadError
+from torchship.files import sha256_file
+from torchship.specs import InputSpec
+
+__all__ = ["FILE_FORMATS", "Format", "Precision", "Artifact", "format_for_path"]
+
+
+class Format(str, enum.Enum):
+    TORCHSCRIPT = "torchscript"
+    ONNX = "onnx"
+    EXPORTED_PROGRAM = "exported-program"
+    #: An in-memory nn.Module (the eager reference); never written to disk.
+    EAGER = "eager"
+
+    @property
+    def suffix(self) -> str:
+        return {"torchscript": ".ts", "onnx": ".onnx", "exported-program": ".pt2"}[self.value]
+
+    @classmethod
+    def parse(cls, name: str) -> Format:
+        if name in FILE_FORMATS:
+            return cls(name)
+        valid = ", ".join(FILE_FORMATS)
+        raise ConfigError(f"unknown format {name!r}; valid: {valid}")
+
+
+FILE_FORMATS = ("torchscript", "onnx", "exported-program")
+
+
+class Precision(str, enum.Enum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+
+_SUFFIXES = {
+    ".onnx": Format.ONNX,
+    ".ts": Format.TORCHSCRIPT,
+    ".pt": Format.TORCHSCRIPT,
+    ".pt2": Format.EXPORTED_PROGRAM,
+}
+
+
+def format_for_path(path: str | Path) -> Format:
+    suffix = Path(path).suffix.lower()
+    if suffix not in _SUFFIXES:
+        raise ConfigError(
+            f"{path}: cannot tell the artifact format from {suffix or 'no suffix'!r}; "
+            f"expected one of {', '.join(_SUFFIXES)}"
+        )
+    return _SUFFIXES[suffix]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """An artifact on disk. `inputs`/`outputs` describe its I/O (names, dtypes, dynamic dims)."""
+
+    path: Path
+    format: Format
+    inputs: tuple[InputSpec, ...]
+    outputs: tuple[str, ...]
+    precision: Precision = Precision.FP32
+    sha256: str = ""
+    details: dict = field(default_factory=dict)
+    #: Only for Format.EAGER: the module itself.
+    module: Any = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def eager(cls, module: Any, *, inputs: Sequence[InputSpec], outputs: Sequence[str]) -> Artifact:
+        return cls(Path("<eager>"), Format.EAGER, tuple(inputs), tuple(outputs), module=module)
+
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        *,
+        format: Format,
+        inputs: Sequence[InputSpec],
+        outputs: Sequence[str],
+        precision: Precision = Precision.FP32,
+        details: dict | None = None,
+    ) -> Artifact:
+        path = Path(path)
+        return cls(
+            path,
+            format,
+            tuple(inputs),
+            tuple(outputs),
+            precision,
+            sha256_file(path),
+            dict(details or {}),
+        )
+
+    @property
+    def size_bytes(self) -> int:
+        if self.format is Format.EAGER:
+            tensors = [*self.module.parameters(), *self.module.buffers()]
+            return sum(t.numel() * t.element_size() for t in tensors)
+        return self.path.stat().st_size
+
+    def to_dict(self) -> dict:
+        return {
+            "path": self.path.name,
+            "format": self.format.value,
+            "precision": self.precision.value,
+            "sha256": self.sha256,
+            "size_bytes": self.size_bytes,
+            "inputs": [s.to_dict() for s in self.inputs],
+            "outputs": list(self.outputs),
+            **({"details": self.details} if self.details else {}),
+        }
+
+    @classmethod
+    def open(cls, path: str | Path, *, inputs: Sequence[InputSpec] | None = None) -> Artifact:
+        """Describe an existing file: I/O from `inputs`, else the sibling manifest, else ONNX."""
+        path = Path(path)
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: no such file")
+        fmt = format_for_path(path)
+        described = _from_manifest(path)
+        if described is not None and not inputs:
+            specs, outputs, precision = described
+        elif fmt is Format.ONNX:
+            from torchship.exporter.onnx_io import onnx_io
+
+            specs, outputs = onnx_io(path)
+            precision = described[2] if described else Precision.FP32
+            specs = list(inputs) if inputs else specs
+        elif inputs:
+            specs, outputs, precision = list(inputs), [], Precision.FP32
+        else:
+            raise ConfigError(
+                f"{path}: a {fmt.value} file does not describe its inputs and there is no "
+                "manifest.json beside it; pass --input NAME:SHAPE[:DTYPE]"
+            )
+        return cls.create(path, format=fmt, inputs=specs, outputs=outputs, precision=precision)
+
+
+def _from_manifest(path: Path) -> tuple[list[InputSpec], list[str], Precision] | None:
+    manifest = path.parent / "manifest.json"
+    if not manifest.is_file():
+        return None
+    try:
+        data = json.loads(manifest.read_text())
+        entry = next(f for f in data.get("artifacts", []) if f.get("path") == path.name)
+    except (ValueError, StopIteration):
+        return None
+    specs = [InputSpec.from_dict(d) for d in entry.get("inputs", [])]
+    return specs, list(entry.get("outputs", [])), Precision(entry.get("precision", "fp32"))

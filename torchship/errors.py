@@ -1,0 +1,63 @@
+"""Typed errors. Each carries the exit code the CLI returns for it (see DESIGN.md)."""
+
+from __future__ import annotations
+
+__all__ = [
+    "EXIT_OK",
+    "EXIT_CHECK_FAILED",
+    "EXIT_BAD_INPUT",
+    "EXIT_UNAVAILABLE",
+    "ToolchainError",
+    "ConfigError",
+    "ModelLoadError",
+    "ExportError",
+    "ParityError",
+    "CalibrationError",
+    "BackendUnavailableError",
+    "CheckFailedError",
+]
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_UNAVAILABLE = 3
+
+
+class ToolchainError(Exception):
+    """Base of every error torchship raises on purpose. The message is one line for the user."""
+
+    exit_code: int = EXIT_BAD_INPUT
+
+
+class ConfigError(ToolchainError):
+    """Bad usage: an unknown name, a malformed flag, a value out of range."""
+
+
+class ModelLoadError(ToolchainError):
+    """A model source, weights file or artifact could not be read."""
+
+
+class CalibrationError(ToolchainError):
+    """Calibration / evaluation data does not fit the model."""
+
+
+class ExportError(ToolchainError):
+    """A valid model could not be turned into the requested artifact."""
+
+    exit_code = EXIT_CHECK_FAILED
+
+
+class CheckFailedError(ToolchainError):
+    """A check ran and failed: accuracy budget, latency gate, regression."""
+
+    exit_code = EXIT_CHECK_FAILED
+
+
+class ParityError(CheckFailedError):
+    """An artifact's outputs do not match eager PyTorch within the tolerance profile."""
+
+
+class BackendUnavailableError(ToolchainError):
+    """A requested runtime or device is not available on this machine."""
+
+    exit_code = EXIT_UNAVAILABLE
