@@ -7,6 +7,7 @@ import importlib.util
 import logging
 import pickle
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -130,9 +131,11 @@ def _import_file(path: Path):
     name = "torchship_user_" + re.sub(r"\W", "_", str(path.resolve()))
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # lets classes defined there pickle and unpickle
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
+        del sys.modules[name]
         raise ModelLoadError(f"{path}: importing it failed: {_first_line(exc)}") from exc
     return module
 
@@ -167,7 +170,11 @@ def _load_archive(path: Path, *, trust_pickle: bool):
 def _load_pickled(path: Path, jit_exc: Exception, *, trust_pickle: bool) -> torch.nn.Module:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        if not _refused_by_weights_only(exc):
+            raise ModelLoadError(
+                f"{path}: neither a TorchScript archive nor a torch.save file: {_first_line(exc)}"
+            ) from None
         if not trust_pickle:
             raise ModelLoadError(f"{path}: this is a fully pickled model; {_PICKLE_HELP}") from None
         obj = torch.load(str(path), map_location="cpu", weights_only=False)
@@ -230,7 +237,9 @@ def _read_state_dict(path: Path, *, trust_pickle: bool) -> dict:
             raise ModelLoadError(f"--weights {path}: unreadable safetensors: {exc}") from exc
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        if not _refused_by_weights_only(exc):
+            raise ModelLoadError(f"--weights {path}: not a torch.save file: {exc}") from None
         if not trust_pickle:
             raise ModelLoadError(f"--weights {path}: it pickles objects; {_PICKLE_HELP}") from None
         obj = torch.load(str(path), map_location="cpu", weights_only=False)
@@ -244,6 +253,12 @@ def _read_state_dict(path: Path, *, trust_pickle: bool) -> dict:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ModelLoadError(f"--weights {path}: expected a state_dict of tensors")
     return obj
+
+
+def _refused_by_weights_only(exc: BaseException) -> bool:
+    """True when torch.load(weights_only=True) met pickled objects (not a corrupt file)."""
+    text = str(exc)
+    return "Weights only load failed" in text and "Unsupported global" in text
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,0 +1,159 @@
+"""The Python API; the CLI is a thin layer over these functions."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from torchship.artifact import FILE_FORMATS, Artifact, Format
+from torchship.errors import ConfigError
+from torchship.loaded import LoadedModel
+from torchship.manifest import build_manifest, write_manifest
+from torchship.sources import load_model
+from torchship.specs import InputSpec, random_feeds
+
+__all__ = ["ExportResult", "export", "bench", "open_artifacts", "staged_output", "save_references"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out_dir: Path
+    model: LoadedModel
+    artifacts: tuple[Artifact, ...]
+    parity: dict  # artifact file name -> ParityReport
+    manifest_path: Path
+
+
+def export(
+    source: str | LoadedModel,
+    out_dir: str | Path,
+    *,
+    formats: Sequence[str] | None = None,
+    inputs: Sequence[InputSpec] | None = None,
+    weights: str | Path | None = None,
+    trust_pickle: bool = False,
+    options=None,
+    command: Sequence[str] | None = None,
+) -> ExportResult:
+    """Export `source` to each format, check every artifact against eager PyTorch, write a manifest.
+
+    Nothing is left in `out_dir` unless every artifact passed: a ParityError (exit 1) or any other
+    failure removes the staged files.
+    """
+    from torchship.exporter import ExportOptions, export_model, require_parity
+
+    model = source if isinstance(source, LoadedModel) else load_model(
+        source, inputs=inputs, weights=weights, trust_pickle=trust_pickle
+    )
+    names = list(formats) if formats else list(FILE_FORMATS)
+    for name in names:
+        Format.parse(name)
+    options = options or ExportOptions()
+    with staged_output(out_dir) as stage:
+        artifacts = export_model(model, stage, formats=names, options=options)
+        reports = {a.path.name: require_parity(model, a) for a in artifacts}
+        save_references(model, stage)
+        manifest = build_manifest(
+            stage,
+            model=model,
+            artifacts=artifacts,
+            command=command,
+            metrics={"parity": {k: r.to_dict() for k, r in reports.items()}},
+        )
+        write_manifest(stage, manifest)
+    final = Path(out_dir)
+    moved = tuple(replace(a, path=final / a.path.name) for a in artifacts)
+    return ExportResult(final, model, moved, reports, final / "manifest.json")
+
+
+def save_references(model: LoadedModel, out_dir: Path, *, num_random: int = 2) -> None:
+    """Reference I/O (example + random inputs, eager outputs) in polygraphy's JSON format."""
+    from torchship.exporter import save_reference
+
+    feeds = [model.example] + [
+        random_feeds(model.inputs, seed=100 + i) for i in range(num_random)
+    ]
+    save_reference(out_dir, feeds_list=feeds, outputs_list=[model.run(f) for f in feeds])
+
+
+@contextlib.contextmanager
+def staged_output(out_dir: str | Path) -> Iterator[Path]:
+    """A staging directory whose files move into `out_dir` only when the block succeeds.
+
+    Other files already in `out_dir` are left alone; the manifest is moved last so a directory
+    with a manifest is always complete.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"-o {out}: exists and is not a directory")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".torchship-staging-", dir=out))
+    try:
+        yield stage
+        entries = sorted(stage.iterdir(), key=lambda p: p.name == "manifest.json")
+        for entry in entries:
+            target = out / entry.name
+            if target.is_dir() and not entry.is_dir():
+                raise ConfigError(f"{target}: a directory is in the way of an output file")
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def open_artifacts(
+    paths: Sequence[str | Path], *, inputs: Sequence[InputSpec] | None = None
+) -> list[Artifact]:
+    return [Artifact.open(p, inputs=inputs) for p in paths]
+
+
+def bench(
+    artifacts: Sequence[Artifact | str | Path],
+    *,
+    runtimes: Sequence[str] | None = None,
+    config=None,
+    inputs: Sequence[InputSpec] | None = None,
+    progress=None,
+) -> dict:
+    """Benchmark each artifact on each runtime (default: the artifact format's runtime).
+
+    Returns the `torchship.bench/1` document (see DESIGN.md).
+    """
+    from torchship.runtimes import BenchConfig, bench_document, bench_runner, default_runtime_for
+    from torchship.runtimes.base import get_runner, require_available
+
+    config = config or BenchConfig()
+    opened = [a if isinstance(a, Artifact) else Artifact.open(a, inputs=inputs) for a in artifacts]
+    plan = []
+    for artifact in opened:
+        names = runtimes or [default_runtime_for(artifact.format)]
+        for name in names:
+            cls = get_runner(name)
+            if artifact.format not in cls.formats:
+                if runtimes and len(opened) > 1:
+                    continue  # a runtime list applies to the artifacts each runtime can run
+            require_available(name)
+            plan.append((name, artifact))
+    if not plan:
+        raise ConfigError("no artifact can run on the runtimes given")
+    step = progress or (lambda message: None)
+    results = []
+    for name, artifact in plan:
+        for batch in config.batches:
+            step(f"timing {artifact.path.name} on {name}, batch {batch}")
+            results.append(bench_runner(name, artifact, config=config, batch=batch))
+    return bench_document(results)

@@ -1,0 +1,84 @@
+"""Command line: a thin layer over torchship's Python API. Owns the terminal and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+
+from torchship.errors import EXIT_CHECK_FAILED, EXIT_OK, ToolchainError
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("torchship")
+_EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="torchship",
+        description="Export, verify, quantize and benchmark PyTorch models for deployment.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show info logs")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from torchship import commands as cmd
+
+    for register in cmd.REGISTER:
+        register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(debug=args.debug, verbose=args.verbose)
+    console = Console(stderr=False, highlight=False)
+    errors = Console(stderr=True, highlight=False)
+    try:
+        return int(args.handler(args, console=console, argv=["torchship", *argv]) or EXIT_OK)
+    except ToolchainError as exc:
+        if args.debug:
+            errors.print_exception()
+        errors.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        errors.print("interrupted; no partial output was kept")
+        return _EXIT_INTERRUPTED
+    except Exception as exc:  # a bug in torchship or a library: one line unless --debug
+        if args.debug:
+            errors.print_exception()
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        errors.print(f"[bold red]internal error:[/] {type(exc).__name__}: {first} "
+                     "(rerun with --debug for the traceback)", markup=True, soft_wrap=True)
+        return EXIT_CHECK_FAILED
+
+
+def _configure_logging(*, debug: bool, verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=debug)
+    logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
+    if not debug:
+        # Third-party libraries are chatty at INFO; keep them at WARNING unless debugging.
+        for name in ("torch", "onnxscript", "onnx_ir", "onnxruntime"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def dump_json(path: str, data: object, console: Console) -> None:
+    from torchship.files import atomic_write_json
+
+    if path == "-":
+        console.print_json(json.dumps(data))
+    else:
+        atomic_write_json(path, data)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""`manifest.json`: what an output directory holds and how it was made (DESIGN.md)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from torchship.artifact import Artifact
+from torchship.errors import ModelLoadError
+from torchship.files import atomic_write_json, sha256_file
+from torchship.loaded import LoadedModel
+
+__all__ = ["MANIFEST_NAME", "SCHEMA", "build_manifest", "write_manifest", "read_manifest"]
+
+MANIFEST_NAME = "manifest.json"
+SCHEMA = "torchship.manifest/1"
+
+
+def build_manifest(
+    out_dir: Path,
+    *,
+    model: LoadedModel,
+    artifacts: Sequence[Artifact],
+    command: Sequence[str] | None = None,
+    metrics: dict | None = None,
+    gates: dict | None = None,
+    extra: dict | None = None,
+) -> dict:
+    """Describe every file in `out_dir` (except the manifest itself) and the run that made it."""
+    from torchship.fingerprint import machine_fingerprint, software_fingerprint
+
+    files = [
+        {"path": p.relative_to(out_dir).as_posix(), "sha256": sha256_file(p),
+         "size_bytes": p.stat().st_size}
+        for p in sorted(out_dir.rglob("*"))
+        if p.is_file() and p.name != MANIFEST_NAME and not p.name.startswith(".")
+    ]
+    return {
+        "schema": SCHEMA,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": {"model": model.source, "weights_sha256": model.weights_sha256},
+        "inputs": [s.to_dict() for s in model.inputs],
+        "outputs": list(model.outputs),
+        "files": files,
+        "artifacts": [a.to_dict() for a in artifacts],
+        "metrics": metrics or {},
+        "gates": gates or {},
+        "command": list(command) if command is not None else None,
+        "software": software_fingerprint(),
+        "machine": machine_fingerprint(),
+        **(extra or {}),
+    }
+
+
+def write_manifest(out_dir: Path, manifest: dict) -> Path:
+    path = Path(out_dir) / MANIFEST_NAME
+    atomic_write_json(path, manifest)
+    return path
+
+
+def read_manifest(out_dir: Path) -> dict:
+    path = Path(out_dir) / MANIFEST_NAME
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: no such file") from None
+    except ValueError as exc:
+        raise ModelLoadError(f"{path}: not valid JSON: {exc}") from None
