@@ -47,10 +47,6 @@ class ResNet18Style(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-# Additive mask for padded keys: large enough to zero the softmax, small enough for fp16.
-_MASKED = -1e4
-
-
 class EncoderBlock(nn.Module):
     """Post-norm transformer encoder layer (as nn.TransformerEncoderLayer, ReLU, no dropout).
 
@@ -109,7 +105,9 @@ class TinyEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         x = self.embed(input_ids)
         keep = attention_mask.to(x.dtype)
-        key_bias = ((1.0 - keep) * _MASKED)[:, None, None, :]
+        # Additive bias for padded keys: enough to zero the softmax, finite in fp16 (no NaN when
+        # a row is all padding). A literal, since TorchScript cannot read float globals.
+        key_bias = ((1.0 - keep) * -1e4)[:, None, None, :]
         for block in self.blocks:
             x = block(x, key_bias)
         weights = keep.unsqueeze(-1)
@@ -158,3 +156,8 @@ def zoo_inputs(name: str) -> tuple[InputSpec, ...]:
     if name not in _INPUTS:
         raise ConfigError(f"unknown zoo model {name!r}; valid: {', '.join(_INPUTS)}")
     return _INPUTS[name]
+
+
+# Model sources (`torchship.models.zoo:NAME`) read default inputs from this attribute.
+for _name, _factory in ZOO.items():
+    _factory.torchship_inputs = _INPUTS[_name]  # type: ignore[attr-defined]
