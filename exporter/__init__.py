@@ -1,0 +1,21 @@
+"""Export steps (TorchScript, ONNX, torch.export), parity validation and reference I/O."""
+
+from torchship.exporter.base import EXPORTERS, ExportOptions, export_model
+from torchship.exporter.onnx_io import onnx_io
+from torchship.exporter.parity import ParityReport, check_parity, require_parity
+from torchship.exporter.reference import load_reference, save_reference
+from torchship.exporter.tolerance import TOLERANCES, ToleranceProfile
+
+__all__ = [
+    "EXPORTERS",
+    "ExportOptions",
+    "ParityReport",
+    "TOLERANCES",
+    "ToleranceProfile",
+    "check_parity",
+    "export_model",
+    "load_reference",
+    "onnx_io",
+    "require_parity",
+    "save_reference",
+]

@@ -13,7 +13,14 @@ from torchship.errors import BackendUnavailableError, ConfigError
 from torchship.registry import Registry
 from torchship.specs import InputSpec, check_feeds
 
-__all__ = ["Runner", "RUNNERS", "get_runner", "available_runners", "default_runtime_for"]
+__all__ = [
+    "Runner",
+    "RUNNERS",
+    "get_runner",
+    "available_runners",
+    "require_available",
+    "default_runtime_for",
+]
 
 RUNNERS: Registry[type[Runner]] = Registry("runtime")
 
@@ -86,7 +93,7 @@ class Runner(abc.ABC):
     @abc.abstractmethod
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
-    def _close(self) -> None:
+    def _close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release sessions/modules; the default drops nothing."""
 
 
@@ -115,12 +122,17 @@ def require_available(name: str) -> type[Runner]:
 
 
 def default_runtime_for(fmt: Format) -> str:
-    return {Format.ONNX: "ort-cpu", Format.TORCHSCRIPT: "torchscript",
-            Format.EXPORTED_PROGRAM: "torch"}[fmt]
+    return {
+        Format.ONNX: "ort-cpu",
+        Format.TORCHSCRIPT: "torchscript",
+        Format.EXPORTED_PROGRAM: "torch",
+        Format.EAGER: "torch",
+    }[fmt]
 
 
 def _import_backends() -> None:
     # Backends register on import; their heavy/optional dependencies load lazily inside them.
     import torchship.runtimes.onnxruntime  # noqa: F401
+    import torchship.runtimes.tensorrt  # noqa: F401
     import torchship.runtimes.torch_eager  # noqa: F401
     import torchship.runtimes.torchscript  # noqa: F401

@@ -1,9 +1,13 @@
-"""ONNX Runtime runners: `ort-cpu`, `ort-cuda` and `ort-trt` (TensorRT execution provider)."""
+"""ONNX Runtime runtimes: `ort-cpu`, `ort-cuda`, `ort-trt` (one class, different providers).
+
+onnxruntime is imported inside methods so `import torchship.runtimes` stays cheap.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -11,25 +15,27 @@ import numpy as np
 from torchship.artifact import Artifact, Format
 from torchship.errors import BackendUnavailableError, ModelLoadError
 from torchship.runtimes.base import RUNNERS, Runner
-from torchship.runtimes.torch_common import error_summary
+from torchship.runtimes.torch_eager import first_line
 
-__all__ = ["OrtRunner", "OrtCpuRunner", "OrtCudaRunner", "OrtTensorRTRunner"]
+__all__ = ["OrtRunner", "OrtCpuRunner", "OrtCudaRunner", "OrtTensorrtRunner"]
 
 log = logging.getLogger(__name__)
 
 
 class OrtRunner(Runner):
-    """One InferenceSession per runner. `spinning=False` stops idle intra-op threads from
-    busy-waiting, which side-by-side timing needs (spinning pools disturb each other)."""
+    """An onnxruntime.InferenceSession over `providers` (in priority order).
 
-    formats: ClassVar[tuple[Format, ...]] = (Format.ONNX,)
-    #: Execution providers in priority order; the first one must be the one that runs.
+    `spinning` controls `session.intra_op.allow_spinning`. It is off by default: the spinning
+    intra-op pools of two sessions timed alternately in one process disturb each other and
+    distort A/B latency ratios (see DESIGN.md). Turn it on only for single-session peak numbers.
+    """
+
+    formats = (Format.ONNX,)
     providers: ClassVar[tuple[str, ...]]
-    #: Tells the bench layer this runner has a spinning thread pool it can switch off.
-    has_spinning_pool: ClassVar[bool] = True
+    install_hint: ClassVar[str] = "pip install onnxruntime"
 
     def __init__(
-        self, artifact: Artifact, *, threads: int | None = None, spinning: bool | None = None
+        self, artifact: Artifact, *, threads: int | None = None, spinning: bool = False
     ) -> None:
         super().__init__(artifact, threads=threads)
         self.spinning = spinning
@@ -39,81 +45,123 @@ class OrtRunner(Runner):
     def unavailable_reason(cls) -> str | None:
         try:
             import onnxruntime
-        except ImportError as exc:
-            return f"onnxruntime does not import ({error_summary(exc)})"
+        except ImportError:
+            return f"onnxruntime is not installed ({cls.install_hint})"
         have = onnxruntime.get_available_providers()
-        if cls.providers[0] not in have:
-            return f"{cls.providers[0]} is not in this onnxruntime build (has {', '.join(have)})"
+        primary = cls.providers[0]
+        if primary not in have:
+            return (
+                f"onnxruntime {onnxruntime.__version__} has no {primary} "
+                f"(providers: {', '.join(have)}); {cls.install_hint}{_gpu_note(cls.device)}"
+            )
+        if cls.device == "cuda" and not gpu_visible():
+            return f"{primary} is installed but no NVIDIA GPU is visible"
         return None
 
     def session_options(self) -> Any:
-        import onnxruntime as ort
+        import onnxruntime
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # keep ORT's own warnings off the user's terminal
+        options = onnxruntime.SessionOptions()
         if self.threads is not None:
             options.intra_op_num_threads = self.threads
-            options.inter_op_num_threads = 1
-        if self.spinning is not None:
-            options.add_session_config_entry(
-                "session.intra_op.allow_spinning", "1" if self.spinning else "0"
-            )
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if self.spinning else "0"
+        )
         return options
 
     def _load(self) -> None:
-        import onnxruntime as ort
+        import onnxruntime
 
+        path = self.artifact.path
+        if not Path(path).is_file():
+            raise ModelLoadError(f"{path}: no such ONNX file")
+        options = self.session_options()
         try:
-            session = ort.InferenceSession(
-                str(self.artifact.path), sess_options=self.session_options(),
-                providers=list(self.providers),
+            session = onnxruntime.InferenceSession(
+                str(path), sess_options=options, providers=list(self.providers)
             )
-        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
-            raise ModelLoadError(
-                f"{self.artifact.path}: onnxruntime cannot load it ({error_summary(exc)})"
-            ) from exc
-        # ORT silently falls back to CPU when a GPU provider fails to initialise.
-        active = session.get_providers()
-        if active[0] != self.providers[0]:
-            raise BackendUnavailableError(
-                f"runtime {self.name!r}: {self.providers[0]} failed to initialise "
-                f"(session runs on {', '.join(active)}); check the CUDA/TensorRT libraries"
-            )
+        except Exception as exc:  # ORT raises its own pybind error types
+            raise ModelLoadError(f"{path}: onnxruntime cannot load it ({first_line(exc)})") from exc
+        self._check_providers(session)
+        self._check_input_names(session)
+        log.info(
+            "%s: loaded %s with providers %s, graph optimization %s, threads %s, spinning %s",
+            self.name,
+            path.name,
+            session.get_providers(),
+            options.graph_optimization_level.name,
+            self.threads or "default",
+            self.spinning,
+        )
         self._session = session
         self._output_names = [o.name for o in session.get_outputs()]
-        log.debug("%s loaded %s with %s", self.name, self.artifact.path, active)
+
+    def _check_providers(self, session: Any) -> None:
+        # ORT silently falls back to CPU when a GPU provider fails to initialise.
+        active = session.get_providers()
+        if self.providers[0] not in active:
+            raise BackendUnavailableError(
+                f"runtime {self.name!r}: {self.providers[0]} failed to initialise for "
+                f"{self.artifact.path.name}; onnxruntime fell back to {', '.join(active)}"
+            )
+
+    def _check_input_names(self, session: Any) -> None:
+        have = {i.name for i in session.get_inputs()}
+        want = {s.name for s in self.inputs}
+        if want != have:
+            raise ModelLoadError(
+                f"{self.artifact.path}: the ONNX graph takes inputs {sorted(have)}, "
+                f"the artifact describes {sorted(want)}"
+            )
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        arrays = self._session.run(self._output_names, dict(feeds))
+        ort_feeds = {s.name: np.ascontiguousarray(feeds[s.name]) for s in self.inputs}
+        arrays = self._session.run(self._output_names, ort_feeds)
         return dict(zip(self._output_names, arrays, strict=True))
 
     def _close(self) -> None:
-        # Dropping the session frees its thread pool (and GPU memory) now, not at GC time.
+        # Drop the session so its thread pool does not disturb the next measured session.
         self._session = None
 
 
 @RUNNERS.register("ort-cpu")
 class OrtCpuRunner(OrtRunner):
-    name: ClassVar[str] = "ort-cpu"
-    providers: ClassVar[tuple[str, ...]] = ("CPUExecutionProvider",)
+    name = "ort-cpu"
+    providers = ("CPUExecutionProvider",)
 
 
 @RUNNERS.register("ort-cuda")
 class OrtCudaRunner(OrtRunner):
-    name: ClassVar[str] = "ort-cuda"
-    device: ClassVar[str] = "cuda"
-    extra: ClassVar[str | None] = "gpu"
-    providers: ClassVar[tuple[str, ...]] = ("CUDAExecutionProvider", "CPUExecutionProvider")
+    name = "ort-cuda"
+    device = "cuda"
+    extra = "gpu"
+    install_hint = "install onnxruntime-gpu with `pip install torchship[gpu]`"
+    providers = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
 @RUNNERS.register("ort-trt")
-class OrtTensorRTRunner(OrtRunner):
-    name: ClassVar[str] = "ort-trt"
-    device: ClassVar[str] = "cuda"
-    extra: ClassVar[str | None] = "gpu"
-    providers: ClassVar[tuple[str, ...]] = (
-        "TensorrtExecutionProvider",
-        "CUDAExecutionProvider",
-        "CPUExecutionProvider",
-    )
+class OrtTensorrtRunner(OrtRunner):
+    name = "ort-trt"
+    device = "cuda"
+    extra = "gpu"
+    install_hint = "install onnxruntime-gpu and TensorRT with `pip install torchship[gpu,tensorrt]`"
+    providers = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def gpu_visible() -> bool:
+    """True when an NVIDIA GPU is visible, via torch.cuda or the driver's /proc entries."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return True
+    except ImportError:
+        pass
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return gpus.is_dir() and any(gpus.iterdir())
+
+
+def _gpu_note(device: str) -> str:
+    if device != "cuda":
+        return ""
+    return "" if gpu_visible() else "; also no NVIDIA GPU is visible"

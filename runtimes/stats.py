@@ -10,7 +10,10 @@ import numpy as np
 
 from torchship.errors import ConfigError
 
-__all__ = ["Stats"]
+__all__ = ["HIGH_CV", "Stats"]
+
+#: Above this coefficient of variation (std / mean) a measurement is too noisy to trust.
+HIGH_CV = 0.10
 
 
 @dataclass(frozen=True)

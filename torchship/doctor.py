@@ -21,8 +21,12 @@ def doctor_facts() -> dict:
         providers = list(onnxruntime.get_available_providers())
     except ImportError:
         providers = []
-    return {"runtimes": runtimes, "ort_providers": providers,
-            "machine": machine_fingerprint(), "software": software_fingerprint()}
+    return {
+        "runtimes": runtimes,
+        "ort_providers": providers,
+        "machine": machine_fingerprint(),
+        "software": software_fingerprint(),
+    }
 
 
 def doctor_rows(facts: dict) -> dict[str, str]:

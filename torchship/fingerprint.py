@@ -33,7 +33,7 @@ _MEMINFO = Path("/proc/meminfo")
 
 
 def machine_fingerprint() -> dict[str, Any]:
-    """CPU model, logical cores, OS, ISA flags (+ `vnni`), total memory, GPU (or None)."""
+    """cpu_model, logical_cores, os, isa flags (+ `vnni`), memory_mb, gpu (a dict, or None)."""
     return copy.deepcopy(dict(_machine()))
 
 
@@ -46,8 +46,8 @@ def fingerprint_key(machine: dict[str, Any], software: dict[str, Any]) -> str:
     """A short stable hash of what decides comparability: CPU, cores, ISA, GPU and versions."""
     gpu = machine.get("gpu") or {}
     relevant = {
-        "cpu": machine.get("cpu"),
-        "cores": machine.get("cores"),
+        "cpu": machine.get("cpu_model"),
+        "cores": machine.get("logical_cores"),
         "isa": machine.get("isa"),
         "gpu": gpu.get("name"),
         "software": {k: software.get(k) for k in sorted(software)},
@@ -62,13 +62,13 @@ def _machine() -> tuple[tuple[str, Any], ...]:
     flags = set(info.get("flags", "").split())
     isa = {flag: flag in flags for flag in ISA_FLAGS}
     data = {
-        "cpu": info.get("model name") or platform.processor() or platform.machine(),
+        "cpu_model": info.get("model name") or platform.processor() or platform.machine(),
         "arch": platform.machine(),
-        "cores": os.cpu_count(),
+        "logical_cores": os.cpu_count(),
         "os": f"{platform.system()} {platform.release()}",
         "isa": isa,
         "vnni": isa["avx512_vnni"] or isa["avx_vnni"],
-        "memory_gb": _total_memory_gb(),
+        "memory_mb": _total_memory_mb(),
         "gpu": _gpu(),
     }
     return tuple(data.items())
@@ -91,15 +91,15 @@ def _cpuinfo() -> dict[str, str]:
     return out
 
 
-def _total_memory_gb() -> float | None:
+def _total_memory_mb() -> int | None:
     try:
         for line in _MEMINFO.read_text().splitlines():
             if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 1024**2, 2)
+                return int(line.split()[1]) // 1024
     except (OSError, ValueError, IndexError):
         pass
     try:
-        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3, 2)
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 1024**2
     except (ValueError, OSError, AttributeError):
         return None
 
@@ -116,7 +116,7 @@ def _gpu() -> dict[str, Any] | None:
         "name": props.name,
         "count": torch.cuda.device_count(),
         "compute_capability": f"{props.major}.{props.minor}",
-        "memory_gb": round(props.total_memory / 1024**3, 2),
+        "memory_mb": props.total_memory // 1024**2,
         "driver": _nvidia_driver(),
         "cuda": torch.version.cuda,
     }

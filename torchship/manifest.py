@@ -32,8 +32,11 @@ def build_manifest(
     from torchship.fingerprint import machine_fingerprint, software_fingerprint
 
     files = [
-        {"path": p.relative_to(out_dir).as_posix(), "sha256": sha256_file(p),
-         "size_bytes": p.stat().st_size}
+        {
+            "path": p.relative_to(out_dir).as_posix(),
+            "sha256": sha256_file(p),
+            "size_bytes": p.stat().st_size,
+        }
         for p in sorted(out_dir.rglob("*"))
         if p.is_file() and p.name != MANIFEST_NAME and not p.name.startswith(".")
     ]

@@ -21,27 +21,63 @@ def human_size(num_bytes: int) -> str:
 
 def ship_table(rows: Sequence, *, batch: int) -> Table:
     table = Table(title=f"torchship demo — batch {batch}")
-    for column in ("artifact", "format", "runtime", "precision", "size", "accuracy",
-                   "p50 ms", "speedup vs eager"):
-        table.add_column(column, justify="right" if column[0] in "sapa" else "left")
+    for column in (
+        "artifact",
+        "format",
+        "runtime",
+        "precision",
+        "size",
+        "accuracy",
+        "p50 ms",
+        "speedup vs eager",
+    ):
+        numeric = column in ("size", "accuracy", "p50 ms", "speedup vs eager")
+        table.add_column(column, justify="right" if numeric else "left")
     for r in rows:
         accuracy = "-" if r.accuracy is None else f"{100 * r.accuracy:.2f}%"
-        table.add_row(r.name, r.format, r.runtime, r.precision, human_size(r.size_bytes),
-                      accuracy, f"{r.p50_ms:.3f}", f"{r.speedup_vs_eager:.2f}x")
+        table.add_row(
+            r.name,
+            r.format,
+            r.runtime,
+            r.precision,
+            human_size(r.size_bytes),
+            accuracy,
+            f"{r.p50_ms:.3f}",
+            f"{r.speedup_vs_eager:.2f}x",
+        )
     return table
 
 
 def bench_table(document: dict) -> Table:
     table = Table(title="torchship bench")
-    for column in ("artifact", "runtime", "precision", "batch", "p50 ms", "p90 ms", "p99 ms",
-                   "cv", "throughput/s", "cold start ms", "iters"):
+    for column in (
+        "artifact",
+        "runtime",
+        "precision",
+        "batch",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "cv",
+        "throughput/s",
+        "cold start ms",
+        "iters",
+    ):
         table.add_column(column, justify="left" if column in ("artifact", "runtime") else "right")
     for r in document["results"]:
         lat = r["latency_ms"]
         table.add_row(
-            Path(r["artifact"]).name, r["runtime"], r["precision"], str(r["batch"]),
-            f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", f"{lat['p99']:.3f}", f"{lat['cv']:.1%}",
-            f"{r['throughput_per_s']:.1f}", f"{r['cold_start_ms']:.1f}", str(r["iters"]),
+            Path(r["artifact"]).name,
+            r["runtime"],
+            r["precision"],
+            str(r["batch"]),
+            f"{lat['p50']:.3f}",
+            f"{lat['p90']:.3f}",
+            f"{lat['p99']:.3f}",
+            f"{lat['cv']:.1%}",
+            f"{r['throughput_per_s']:.1f}",
+            f"{r['cold_start_ms']:.1f}",
+            str(r["iters"]),
         )
     return table
 

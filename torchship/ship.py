@@ -45,8 +45,11 @@ class ShipReport:
     bench: dict
 
     def to_dict(self) -> dict:
-        return {"out_dir": str(self.out_dir), "batch": self.batch,
-                "rows": [asdict(r) for r in self.rows]}
+        return {
+            "out_dir": str(self.out_dir),
+            "batch": self.batch,
+            "rows": [asdict(r) for r in self.rows],
+        }
 
 
 def runtimes_for(fmt: Format) -> list[str]:
@@ -60,7 +63,9 @@ def runtimes_for(fmt: Format) -> list[str]:
     return [name] if name in here else []
 
 
-def evaluate_top1(runtime: str, artifact: Artifact, images: np.ndarray, labels: np.ndarray) -> float:
+def evaluate_top1(
+    runtime: str, artifact: Artifact, images: np.ndarray, labels: np.ndarray
+) -> float:
     """Top-1 accuracy of `artifact` run through `runtime` on a labelled set."""
     from torchship.models import top1_accuracy
     from torchship.runtimes import get_runner
@@ -105,7 +110,10 @@ def ship_demo(
         report = ShipReport(Path(out_dir), tuple(rows), config.batches[0], bench)
         atomic_write_json(stage / "report.json", report.to_dict())
         manifest = build_manifest(
-            stage, model=model, artifacts=artifacts[1:], command=command,
+            stage,
+            model=model,
+            artifacts=artifacts[1:],
+            command=command,
             metrics={"parity": parity, "rows": [asdict(r) for r in rows]},
         )
         write_manifest(stage, manifest)
@@ -126,10 +134,17 @@ def _measure(artifacts: list[Artifact], images, labels, *, config, step):
             results.append(result)
             p50 = result.latency_ms["p50"]
             eager_p50 = eager_p50 or p50
-            rows.append(ShipRow(
-                name=label, format=artifact.format.value, runtime=runtime,
-                precision=artifact.precision.value, size_bytes=artifact.size_bytes,
-                accuracy=accuracy, p50_ms=p50, speedup_vs_eager=eager_p50 / p50,
-                parity="reference" if artifact.format is Format.EAGER else "pass",
-            ))
+            rows.append(
+                ShipRow(
+                    name=label,
+                    format=artifact.format.value,
+                    runtime=runtime,
+                    precision=artifact.precision.value,
+                    size_bytes=artifact.size_bytes,
+                    accuracy=accuracy,
+                    p50_ms=p50,
+                    speedup_vs_eager=eager_p50 / p50,
+                    parity="reference" if artifact.format is Format.EAGER else "pass",
+                )
+            )
     return rows, results

@@ -64,7 +64,9 @@ def test_file_factory_source_names_outputs(model_file):
 
 
 def test_module_factory_source():
-    model = load_model("torchship.models.zoo:resnet18_style", inputs=[parse_input_flag("i:1x3x64x64")])
+    model = load_model(
+        "torchship.models.zoo:resnet18_style", inputs=[parse_input_flag("i:1x3x64x64")]
+    )
     assert model.run(model.example)["output"].shape[0] == 1
 
 

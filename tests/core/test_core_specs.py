@@ -17,8 +17,10 @@ from torchship.specs import (
 )
 
 
-@given(st.lists(st.integers(1, 64), min_size=1, max_size=5),
-       st.sampled_from(["float32", "int64", "int32", "float16", "bool"]))
+@given(
+    st.lists(st.integers(1, 64), min_size=1, max_size=5),
+    st.sampled_from(["float32", "int64", "int32", "float16", "bool"]),
+)
 def test_flag_round_trip(shape, dtype):
     spec = parse_input_flag(f"x:{'x'.join(map(str, shape))}:{dtype}")
     assert spec.shape == tuple(shape) and spec.dtype == dtype
@@ -26,16 +28,21 @@ def test_flag_round_trip(shape, dtype):
 
 
 def test_transformer_flags():
-    specs = [parse_input_flag("input_ids:1x32:int64:0..30522"),
-             parse_input_flag("attention_mask:1x32:int64")]
-    specs = apply_dynamic_flags(specs, dynamic_batch=True,
-                                dynamic=["input_ids:1=seq", "attention_mask:1=seq"])
+    specs = [
+        parse_input_flag("input_ids:1x32:int64:0..30522"),
+        parse_input_flag("attention_mask:1x32:int64"),
+    ]
+    specs = apply_dynamic_flags(
+        specs, dynamic_batch=True, dynamic=["input_ids:1=seq", "attention_mask:1=seq"]
+    )
     assert specs[0].symbolic_shape == ["batch", "seq"]
     feeds = random_feeds(specs, seed=1, batch=3)
     assert feeds["input_ids"].shape == (3, 32) and feeds["input_ids"].dtype == np.int64
     assert feeds["input_ids"].max() < 30522 and feeds["attention_mask"].max() <= 1
-    check_feeds(specs, {"input_ids": np.zeros((5, 7), np.int64),
-                        "attention_mask": np.zeros((5, 7), np.int64)})
+    check_feeds(
+        specs,
+        {"input_ids": np.zeros((5, 7), np.int64), "attention_mask": np.zeros((5, 7), np.int64)},
+    )
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,153 @@
+"""Export options, the exporter registry and `export_model`, which writes one file per format."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from torchship.artifact import Artifact, Format
+from torchship.errors import ConfigError, ExportError, ToolchainError
+from torchship.loaded import LoadedModel, to_torch_inputs
+from torchship.registry import Registry
+from torchship.specs import InputSpec
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "ExportOptions",
+    "Exporter",
+    "EXPORTERS",
+    "export_model",
+    "export_feeds",
+    "export_args",
+    "first_line",
+    "quiet_torch",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 18
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export. `None` means the default (opset 18; try dynamo, fall back to legacy)."""
+
+    opset: int | None = None
+    script: bool = False
+    dynamo: bool | None = None
+    validate: bool = True
+
+    @property
+    def opset_version(self) -> int:
+        return DEFAULT_OPSET if self.opset is None else self.opset
+
+
+Exporter = Callable[..., Artifact]
+#: format name -> `fn(model, path, *, options) -> Artifact`
+EXPORTERS: Registry[Exporter] = Registry("format")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's text (or its type name)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+@contextlib.contextmanager
+def quiet_torch() -> Iterator[None]:
+    """Silence torch's deprecation/tracer warnings for the duration of an export."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        yield
+
+
+def export_feeds(model: LoadedModel) -> dict[str, np.ndarray]:
+    """The example inputs, with every dynamic axis of size 0 or 1 grown to 2.
+
+    torch.export specializes dims whose example size is 0 or 1, so a dynamic dim needs >= 2.
+    """
+    feeds = {}
+    for spec in model.inputs:
+        value = np.asarray(model.example[spec.name])
+        for axis in spec.dynamic:
+            if value.shape[axis] == 1:
+                value = np.repeat(value, 2, axis=axis)
+            elif value.shape[axis] == 0:
+                shape = list(value.shape)
+                shape[axis] = 2
+                value = np.zeros(shape, dtype=value.dtype)
+        feeds[spec.name] = np.ascontiguousarray(value)
+    return feeds
+
+
+def export_args(model: LoadedModel) -> tuple[torch.Tensor, ...]:
+    return to_torch_inputs(model.inputs, export_feeds(model))
+
+
+def dynamic_shapes_for(specs: Sequence[InputSpec]) -> tuple[dict[int, object], ...] | None:
+    """torch.export dynamic_shapes (positional), one `Dim` per dim name shared across inputs."""
+    if not any(s.dynamic for s in specs):
+        return None
+    dims: dict[str, object] = {}
+    for spec in specs:
+        for name in spec.dynamic.values():
+            dims.setdefault(name, torch.export.Dim(name))
+    return tuple({axis: dims[name] for axis, name in s.dynamic.items()} for s in specs)
+
+
+def export_model(
+    model: LoadedModel,
+    out_dir: Path,
+    *,
+    formats: Sequence[str],
+    options: ExportOptions | None = None,
+    stem: str = "model",
+) -> list[Artifact]:
+    """Export `model` to every format in `formats` under `out_dir` (`model.ts`, `.onnx`, `.pt2`).
+
+    Each file is written atomically; a failure raises ExportError naming the format.
+    """
+    options = options or ExportOptions()
+    _register_builtin()
+    exporters = [(name, EXPORTERS.get(name)) for name in formats]
+    if not exporters:
+        raise ConfigError(f"no export format given; valid: {', '.join(EXPORTERS.names())}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.module.eval()
+    artifacts = []
+    for name, exporter in exporters:
+        path = out_dir / f"{stem}{Format(name).suffix}"
+        log.info("exporting %s -> %s", name, path)
+        artifacts.append(_run_exporter(name, exporter, model, path, options))
+    return artifacts
+
+
+def _run_exporter(
+    name: str, exporter: Exporter, model: LoadedModel, path: Path, options: ExportOptions
+) -> Artifact:
+    try:
+        return exporter(model, path, options=options)
+    except ToolchainError:
+        raise
+    except Exception as exc:
+        raise ExportError(f"{name} export of {path.name} failed: {first_line(exc)}") from exc
+
+
+def _register_builtin() -> None:
+    # The exporters register themselves on import.
+    import torchship.exporter.exported_program  # noqa: F401
+    import torchship.exporter.onnx_export  # noqa: F401
+    import torchship.exporter.torchscript  # noqa: F401

@@ -1,0 +1,72 @@
+"""Read an ONNX graph's inputs (as InputSpecs) and output names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from torchship.errors import ConfigError, ModelLoadError
+from torchship.specs import DTYPES, InputSpec
+
+__all__ = ["onnx_io", "onnx_dtype_name", "value_info_dims"]
+
+_ONNX_DTYPES = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.DOUBLE: "float64",
+    onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.INT32: "int32",
+    onnx.TensorProto.INT8: "int8",
+    onnx.TensorProto.UINT8: "uint8",
+    onnx.TensorProto.BOOL: "bool",
+}
+
+
+def onnx_dtype_name(elem_type: int) -> str | None:
+    """Our dtype name for an ONNX element type, None when we have no such dtype."""
+    return _ONNX_DTYPES.get(elem_type)
+
+
+def value_info_dims(info: onnx.ValueInfoProto) -> list[int | str]:
+    """Dims of a graph input/output: ints, or a name for symbolic ones (`dim{axis}` if unnamed)."""
+    dims: list[int | str] = []
+    for axis, dim in enumerate(info.type.tensor_type.shape.dim):
+        if dim.HasField("dim_value") and dim.dim_value >= 0:
+            dims.append(int(dim.dim_value))
+        else:
+            dims.append(dim.dim_param or f"dim{axis}")
+    return dims
+
+
+def onnx_io(path: str | Path) -> tuple[list[InputSpec], list[str]]:
+    """Inputs (initializers excluded) and output names of an ONNX file.
+
+    Symbolic dims become `InputSpec.dynamic` entries; the example shape uses 1 for them.
+    """
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from exc
+    graph = model.graph
+    initializers = {init.name for init in graph.initializer}
+    specs = [_spec(path, info) for info in graph.input if info.name not in initializers]
+    return specs, [out.name for out in graph.output]
+
+
+def _spec(path: Path, info: onnx.ValueInfoProto) -> InputSpec:
+    elem_type = info.type.tensor_type.elem_type
+    dtype = onnx_dtype_name(elem_type)
+    if dtype is None:
+        name = onnx.TensorProto.DataType.Name(elem_type) if elem_type else "unknown"
+        raise ModelLoadError(
+            f"{path}: input {info.name!r} has element type {name}; supported: {', '.join(DTYPES)}"
+        )
+    dims = value_info_dims(info)
+    shape = tuple(d if isinstance(d, int) else 1 for d in dims)
+    dynamic = {axis: d for axis, d in enumerate(dims) if isinstance(d, str)}
+    try:
+        return InputSpec(name=info.name, dtype=dtype, shape=shape, dynamic=dynamic)
+    except ConfigError as exc:
+        raise ModelLoadError(f"{path}: {exc}") from exc

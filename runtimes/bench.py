@@ -1,0 +1,257 @@
+"""Benchmark one artifact on one runtime: cold start, latency samples, stats, fingerprints.
+
+Results are saved as JSON documents of schema `torchship.bench/1` (see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import json
+import logging
+import resource
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from torchship.artifact import Artifact
+from torchship.errors import ConfigError
+from torchship.fingerprint import fingerprint_key, machine_fingerprint, software_fingerprint
+from torchship.runtimes.base import Runner, default_runtime_for, get_runner, require_available
+from torchship.runtimes.stats import HIGH_CV, Stats
+from torchship.runtimes.timing import HostTimer, Timer, measure, time_cold_start
+from torchship.specs import random_feeds
+
+__all__ = [
+    "BENCH_SCHEMA",
+    "BenchConfig",
+    "BenchResult",
+    "bench_runner",
+    "bench_many",
+    "bench_document",
+    "load_bench_document",
+]
+
+log = logging.getLogger(__name__)
+
+BENCH_SCHEMA = "torchship.bench/1"
+_RESULT_KEYS = ("runtime", "artifact", "sha256", "batch", "latency_ms", "samples_ms")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """How to time. `iters` fixes the sample count; else time for `min_time_s` (<= max_iters)."""
+
+    warmup: int = 10
+    iters: int | None = None
+    min_time_s: float | None = 1.0
+    max_iters: int | None = 10_000
+    batches: tuple[int, ...] = (1,)
+    threads: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "batches", tuple(self.batches))
+        if not self.batches or any(b < 1 for b in self.batches):
+            raise ConfigError(f"batches must be positive integers, got {list(self.batches)}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {self.threads}")
+        if self.warmup < 0:
+            raise ConfigError(f"warmup must be >= 0, got {self.warmup}")
+        if self.iters is None and self.min_time_s is None:
+            raise ConfigError("give iters or min_time_s to bound the timing loop")
+
+
+@dataclass
+class BenchResult:
+    """One `results[]` entry of a `torchship.bench/1` document."""
+
+    runtime: str
+    artifact: str
+    sha256: str
+    format: str
+    precision: str
+    batch: int
+    threads: int | None
+    latency_ms: dict[str, float]
+    throughput_per_s: float
+    cold_start_ms: float
+    #: The process's peak resident set so far (ru_maxrss), not this runtime's own footprint.
+    peak_rss_mb: float
+    samples_ms: list[float]
+    warmup: int
+    iters: int
+    timing: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stats(self) -> Stats:
+        return Stats.from_dict(self.latency_ms)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchResult:
+        names = cls.__dataclass_fields__
+        missing = [k for k in names if k not in data and k != "timing"]
+        if missing:
+            raise ConfigError(f"bench result is missing {', '.join(missing)}")
+        return cls(**{k: data[k] for k in names if k in data})
+
+
+def bench_runner(
+    runtime: str,
+    artifact: Artifact,
+    *,
+    config: BenchConfig,
+    batch: int,
+    progress: Callable[[int], None] | None = None,
+) -> BenchResult:
+    """Load `artifact` on `runtime`, time cold start and `config`'s loop at `batch`, close it.
+
+    `progress(n)` is called after each timed sample.
+    """
+    feeds = _feeds_for_batch(artifact, batch=batch, seed=config.seed)
+    runner = require_available(runtime)(artifact, threads=config.threads)
+    timer = _timer_for(runner)
+    try:
+        cold_ms = time_cold_start(runner.load, lambda: runner.infer(feeds))
+        samples = measure(
+            lambda: runner.infer(feeds),
+            warmup=config.warmup,
+            iters=config.iters,
+            min_time_s=config.min_time_s,
+            max_iters=config.max_iters,
+            timer=timer,
+            progress=progress,
+        )
+    finally:
+        runner.close()
+    stats = Stats.from_samples(samples)
+    if stats.cv > HIGH_CV:
+        log.warning(
+            "%s on %s (batch %d): noisy timing, cv %.2f > %.2f; close other work or raise "
+            "--min-time",
+            runtime, artifact.path.name, batch, stats.cv, HIGH_CV,
+        )  # fmt: skip
+    return BenchResult(
+        runtime=runtime,
+        artifact=str(artifact.path),
+        sha256=artifact.sha256,
+        format=artifact.format.value,
+        precision=artifact.precision.value,
+        batch=batch,
+        threads=config.threads,
+        latency_ms=stats.to_dict(),
+        throughput_per_s=batch * 1e3 / stats.mean if stats.mean > 0 else 0.0,
+        cold_start_ms=cold_ms,
+        peak_rss_mb=_peak_rss_mb(),
+        samples_ms=[round(s, 6) for s in samples],
+        warmup=config.warmup,
+        iters=len(samples),
+        timing={"clock": timer.clock, "includes_copies": True},
+    )
+
+
+def bench_many(
+    artifacts: Sequence[Artifact],
+    *,
+    runtimes: Sequence[str] | None = None,
+    config: BenchConfig,
+    progress: Callable[[int], None] | None = None,
+) -> list[BenchResult]:
+    """Every artifact x runtime x batch. Without `runtimes`, each artifact's default runtime.
+
+    Pairs whose runtime cannot run the artifact's format are skipped; an artifact that no
+    requested runtime can run is a ConfigError.
+    """
+    results = []
+    for artifact in artifacts:
+        names = _runtimes_for(artifact, runtimes)
+        for name in names:
+            for batch in config.batches:
+                results.append(
+                    bench_runner(name, artifact, config=config, batch=batch, progress=progress)
+                )
+                gc.collect()  # release the session before the next one is timed
+    return results
+
+
+def bench_document(results: Sequence[BenchResult]) -> dict[str, Any]:
+    """The full JSON document: schema, creation time, machine, software, results."""
+    machine, software = machine_fingerprint(), software_fingerprint()
+    return {
+        "schema": BENCH_SCHEMA,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "fingerprint": fingerprint_key(machine, software),
+        "machine": machine,
+        "software": software,
+        "results": [r.to_dict() for r in results],
+    }
+
+
+def load_bench_document(path: str | Path) -> dict[str, Any]:
+    """Read a bench JSON file; ConfigError naming the file when it is not `torchship.bench/1`."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read bench results ({exc.strerror})") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if schema != BENCH_SCHEMA:
+        raise ConfigError(f"{path}: schema {schema!r} found, {BENCH_SCHEMA!r} expected")
+    results = data.get("results")
+    if not isinstance(results, list):
+        raise ConfigError(f"{path}: 'results' must be a list")
+    for i, entry in enumerate(results):
+        missing = [k for k in _RESULT_KEYS if not isinstance(entry, dict) or k not in entry]
+        if missing:
+            raise ConfigError(f"{path}: results[{i}] is missing {', '.join(missing)}")
+    return data
+
+
+def _feeds_for_batch(artifact: Artifact, *, batch: int, seed: int) -> dict[str, np.ndarray]:
+    specs = artifact.inputs
+    if all(s.shape and s.shape[0] == batch for s in specs):
+        return random_feeds(specs, seed=seed)
+    for spec in specs:
+        if not spec.shape:
+            raise ConfigError(
+                f"input {spec.name!r} is a scalar, it has no batch axis; batch {batch} cannot apply"
+            )
+        if spec.shape[0] != batch and 0 not in spec.dynamic:
+            raise ConfigError(
+                f"input {spec.name!r}: batch {batch} requested but axis 0 is fixed at "
+                f"{spec.shape[0]}; export with --dynamic-batch or bench --batch {spec.shape[0]}"
+            )
+    return random_feeds(specs, seed=seed, batch=batch)
+
+
+def _runtimes_for(artifact: Artifact, runtimes: Sequence[str] | None) -> list[str]:
+    if not runtimes:
+        return [default_runtime_for(artifact.format)]
+    names = [n for n in runtimes if artifact.format in get_runner(n).formats]
+    if not names:
+        raise ConfigError(
+            f"{artifact.path.name}: none of the runtimes {', '.join(runtimes)} runs a "
+            f"{artifact.format.value} artifact"
+        )
+    return names
+
+
+def _timer_for(runner: Runner) -> Timer:
+    # Hook for GPU runners: one may define `make_timer()` (e.g. CUDA events on its stream).
+    make_timer = getattr(runner, "make_timer", None)
+    return make_timer() if callable(make_timer) else HostTimer()
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports kilobytes, macOS bytes.
+    return round(peak / (1024**2 if sys.platform == "darwin" else 1024), 1)

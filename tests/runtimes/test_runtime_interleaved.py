@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from torchship.artifact import Artifact, Format
+from torchship.errors import ConfigError
+from torchship.runtimes.interleaved import interleaved_ab
+from torchship.specs import InputSpec
+
+SPEC = InputSpec(name="x", dtype="float32", shape=(2, 4), dynamic={0: "batch"})
+
+
+@pytest.fixture(scope="module")
+def heavy_onnx(tmp_path_factory) -> Artifact:
+    """Same I/O as the tiny model, ~100x the arithmetic."""
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(4, 256), *(torch.nn.Linear(256, 256) for _ in range(12))]
+    module = torch.nn.Sequential(*layers, torch.nn.Linear(256, 3)).eval()
+    path = tmp_path_factory.mktemp("heavy") / "heavy.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (torch.randn(2, 4),), str(path), dynamo=False, input_names=["x"],
+            output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+        )  # fmt: skip
+    return Artifact.create(path, format=Format.ONNX, inputs=[SPEC], outputs=["y"])
+
+
+def test_slower_b_reads_slower(tiny_artifacts, heavy_onnx):
+    result = interleaved_ab(
+        tiny_artifacts[Format.ONNX], heavy_onnx, batch=8, threads=1, rounds=4, iters_per_round=20
+    )
+    assert result.runtime == "ort-cpu" and result.batch == 8
+    assert len(result.round_ratios) == 4
+    assert result.ratio > 2
+    assert result.b_slower(threshold_pct=5)
+    data = result.to_dict()
+    assert data["ratio_b_over_a"] == pytest.approx(result.ratio, rel=1e-3)
+    assert data["b"]["latency_ms"]["p50"] > data["a"]["latency_ms"]["p50"]
+
+
+def test_same_model_reads_even(heavy_onnx):
+    result = interleaved_ab(heavy_onnx, heavy_onnx, threads=1, rounds=4, iters_per_round=20)
+    assert 0.75 < result.ratio < 1.33
+    assert not result.b_slower(threshold_pct=50)
+
+
+def test_torch_runtimes_take_part(tiny_artifacts):
+    ts = tiny_artifacts[Format.TORCHSCRIPT]
+    result = interleaved_ab(ts, ts, rounds=2, iters_per_round=3, warmup=0)
+    assert result.runtime == "torchscript" and result.batch == 2
+
+
+def test_bad_counts_are_refused(tiny_artifacts):
+    onnx = tiny_artifacts[Format.ONNX]
+    with pytest.raises(ConfigError, match="rounds >= 2"):
+        interleaved_ab(onnx, onnx, rounds=1)
+
+
+def test_b_must_take_the_batch(tiny_artifacts, fixed_batch_onnx):
+    with pytest.raises(ConfigError, match="axis 0 is fixed at 2"):
+        interleaved_ab(tiny_artifacts[Format.ONNX], fixed_batch_onnx, batch=8, rounds=2)
+
+
+def test_negative_threshold_is_refused(tiny_artifacts):
+    onnx = tiny_artifacts[Format.ONNX]
+    result = interleaved_ab(onnx, onnx, rounds=2, iters_per_round=2, warmup=0)
+    with pytest.raises(ConfigError, match="threshold must be >= 0"):
+        result.b_slower(threshold_pct=-1)
