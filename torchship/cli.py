@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -30,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for register in cmd.REGISTER:
         register(commands)
+    for name in cmd.COMMAND_MODULES:
+        importlib.import_module(name).register(commands)
     return parser
 
 

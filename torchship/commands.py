@@ -242,4 +242,8 @@ def _doctor(args, *, console: Console, argv) -> int:
     return 0
 
 
-REGISTER = (_register_ship, _register_export, _register_bench, _register_doctor)
+REGISTER = [_register_ship, _register_export, _register_bench, _register_doctor]
+
+#: Commands that live in their own module, each exposing `register(commands)`. One per line.
+COMMAND_MODULES = (
+)
