@@ -22,7 +22,9 @@ def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs an NVIDIA GPU (torch.cuda.is_available() is False)")
     skip_trt = pytest.mark.skip(reason="needs the tensorrt package and an NVIDIA GPU")
     for item in items:
-        if "gpu" in item.keywords and not has_cuda:
+        # get_closest_marker, not `in item.keywords`: keywords also hold parametrize ids, so a
+        # contract test parametrized with the runtime name "tensorrt" would be skipped.
+        if item.get_closest_marker("gpu") and not has_cuda:
             item.add_marker(skip_gpu)
-        if "tensorrt" in item.keywords and not (has_trt and has_cuda):
+        if item.get_closest_marker("tensorrt") and not (has_trt and has_cuda):
             item.add_marker(skip_trt)
