@@ -34,6 +34,7 @@ __all__ = [
     "bench_many",
     "bench_document",
     "load_bench_document",
+    "feeds_for_batch",
 ]
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ def bench_runner(
 
     `progress(n)` is called after each timed sample.
     """
-    feeds = _feeds_for_batch(artifact, batch=batch, seed=config.seed)
+    feeds = feeds_for_batch(artifact, batch=batch, seed=config.seed)
     runner = require_available(runtime)(artifact, threads=config.threads)
     timer = _timer_for(runner)
     try:
@@ -153,7 +154,7 @@ def bench_runner(
         samples_ms=[round(s, 6) for s in samples],
         warmup=config.warmup,
         iters=len(samples),
-        timing={"clock": timer.clock, "includes_copies": True},
+        timing={"clock": timer.clock, "includes_copies": _includes_copies(runner)},
     )
 
 
@@ -216,7 +217,8 @@ def load_bench_document(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _feeds_for_batch(artifact: Artifact, *, batch: int, seed: int) -> dict[str, np.ndarray]:
+def feeds_for_batch(artifact: Artifact, *, batch: int, seed: int) -> dict[str, np.ndarray]:
+    """Random feeds for `artifact` at `batch`; ConfigError naming an input whose batch is fixed."""
     specs = artifact.inputs
     if all(s.shape and s.shape[0] == batch for s in specs):
         return random_feeds(specs, seed=seed)
@@ -231,6 +233,9 @@ def _feeds_for_batch(artifact: Artifact, *, batch: int, seed: int) -> dict[str, 
                 f"{spec.shape[0]}; export with --dynamic-batch or bench --batch {spec.shape[0]}"
             )
     return random_feeds(specs, seed=seed, batch=batch)
+
+
+_feeds_for_batch = feeds_for_batch  # older private name, used by runtimes/interleaved.py
 
 
 def _runtimes_for(artifact: Artifact, runtimes: Sequence[str] | None) -> list[str]:
@@ -249,6 +254,11 @@ def _timer_for(runner: Runner) -> Timer:
     # Hook for GPU runners: one may define `make_timer()` (e.g. CUDA events on its stream).
     make_timer = getattr(runner, "make_timer", None)
     return make_timer() if callable(make_timer) else HostTimer()
+
+
+def _includes_copies(runner: Runner) -> bool:
+    # Host wall time of infer() covers numpy<->tensor/device copies; a GPU runner may say not.
+    return bool(getattr(runner, "timing_includes_copies", True))
 
 
 def _peak_rss_mb() -> float:

@@ -35,7 +35,6 @@ def test_missing_package_is_unavailable(tiny_artifacts):
 
 
 @pytest.mark.tensorrt
-@pytest.mark.skipif(TensorRTRunner.unavailable_reason() is not None, reason="no TensorRT + GPU")
 def test_matches_eager(tiny_artifacts, tiny_module, eager_output):
     import numpy as np
 

@@ -1,0 +1,315 @@
+"""Calibration and evaluation data: readers that stream checked batches of model inputs.
+
+Sources: an `.npz` (one array per input name, first axis = samples; eval files may add
+`labels`), an `.npy` (single-input models), a directory of such files, an in-memory mapping,
+or a Python `module:function` / `file.py:function` returning an iterable of dicts of arrays.
+Every batch is checked against the model's inputs; the sha256 and count of what was fed are
+accumulated while streaming, so nothing but the current batch is held.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from torchship.errors import CalibrationError, ConfigError, ModelLoadError
+from torchship.specs import InputSpec
+
+__all__ = ["LABELS_KEY", "Batch", "DataSet", "open_data"]
+
+log = logging.getLogger(__name__)
+
+LABELS_KEY = "labels"
+_DEFAULT_BATCH = 32
+_SUFFIXES = (".npz", ".npy")
+
+Chunk = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Checked model inputs by name, the file they came from, and labels when the data has them."""
+
+    feeds: dict[str, np.ndarray]
+    origin: str
+    labels: np.ndarray | None = None
+
+    @property
+    def size(self) -> int:
+        return len(next(iter(self.feeds.values())))
+
+
+class DataSet:
+    """A re-iterable, streaming view of one data source checked against `inputs`.
+
+    After a full pass, `sha256` and `count` describe exactly the samples that were yielded.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        chunks: Callable[[], Iterator[tuple[str, Chunk]]],
+        *,
+        inputs: Sequence[InputSpec],
+        batch_size: int | None = None,
+    ) -> None:
+        self.name = name
+        self.inputs = tuple(inputs)
+        self._chunks = chunks
+        self.batch_size = batch_size or _batch_size_for(self.inputs)
+        self.sha256 = ""
+        self.count = 0
+
+    def batches(self) -> Iterator[Batch]:
+        digest, count = hashlib.sha256(), 0
+        for origin, chunk in self._chunks():
+            for batch in _split(origin, chunk, self.batch_size, self.inputs):
+                _check_batch(batch, self.inputs)
+                _update_digest(digest, batch)
+                count += batch.size
+                yield batch
+        if count == 0:
+            raise CalibrationError(f"{self.name}: no samples (an empty data set)")
+        self.sha256, self.count = digest.hexdigest(), count
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.batches()
+
+    def describe(self) -> dict:
+        """{"source", "sha256", "samples"} after a full pass."""
+        return {"source": self.name, "sha256": self.sha256, "samples": self.count}
+
+
+def open_data(
+    source: str | Path | Mapping[str, np.ndarray],
+    *,
+    inputs: Sequence[InputSpec],
+    samples: int | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+) -> DataSet:
+    """A DataSet over `source`; `samples` keeps a seeded random subset of that many samples."""
+    if samples is not None and samples < 1:
+        raise ConfigError(f"--samples {samples}: must be >= 1")
+    if isinstance(source, Mapping):
+        arrays = {k: np.asarray(v) for k, v in source.items()}
+        chunks = _array_chunks("<arrays>", arrays, samples=samples, seed=seed)
+        return DataSet("<arrays>", chunks, inputs=inputs, batch_size=batch_size)
+    text = str(source)
+    path = Path(text)
+    if path.is_dir():
+        chunks = _dir_chunks(path, inputs, samples=samples, seed=seed)
+    elif path.suffix in _SUFFIXES:
+        if not path.is_file():
+            raise CalibrationError(f"{path}: no such data file")
+        chunks = _file_chunks(path, inputs, samples=samples, seed=seed)
+    elif ":" in text:
+        chunks = _function_chunks(text, samples=samples)
+    else:
+        raise CalibrationError(
+            f"{text}: not a data source; expected an .npz/.npy file, a directory of them, "
+            "or module:function"
+        )
+    return DataSet(text, chunks, inputs=inputs, batch_size=batch_size)
+
+
+# --- sources ----------------------------------------------------------------------------------
+
+
+def _load_file(path: Path, inputs: Sequence[InputSpec]) -> Chunk:
+    try:
+        if path.suffix == ".npy":
+            if len(inputs) != 1:
+                names = ", ".join(s.name for s in inputs)
+                raise CalibrationError(
+                    f"{path}: an .npy file holds one array but the model takes {len(inputs)} "
+                    f"inputs ({names}); use an .npz with one array per input name"
+                )
+            return {inputs[0].name: np.load(path, allow_pickle=False)}
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except CalibrationError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise CalibrationError(f"{path}: not a readable numpy file ({exc})") from None
+
+
+def _array_chunks(origin: str, arrays: Chunk, *, samples: int | None, seed: int):
+    def chunks() -> Iterator[tuple[str, Chunk]]:
+        yield origin, _subset(origin, arrays, samples=samples, seed=seed)
+
+    return chunks
+
+
+def _file_chunks(path: Path, inputs: Sequence[InputSpec], *, samples: int | None, seed: int):
+    def chunks() -> Iterator[tuple[str, Chunk]]:
+        yield str(path), _subset(str(path), _load_file(path, inputs), samples=samples, seed=seed)
+
+    return chunks
+
+
+def _dir_chunks(root: Path, inputs: Sequence[InputSpec], *, samples: int | None, seed: int):
+    files = sorted(p for p in root.iterdir() if p.suffix in _SUFFIXES and p.is_file())
+    if not files:
+        raise CalibrationError(f"{root}: the directory holds no .npz or .npy files")
+
+    def chunks() -> Iterator[tuple[str, Chunk]]:
+        counts = [_sample_count(str(p), _load_file(p, inputs)) for p in files]
+        keep = _chosen(sum(counts), samples=samples, seed=seed)
+        start = 0
+        for path, count in zip(files, counts, strict=True):
+            local = keep[(keep >= start) & (keep < start + count)] - start
+            start += count
+            if local.size:
+                yield str(path), {k: v[local] for k, v in _load_file(path, inputs).items()}
+
+    return chunks
+
+
+def _function_chunks(text: str, *, samples: int | None):
+    function = _resolve_function(text)
+
+    def chunks() -> Iterator[tuple[str, Chunk]]:
+        left = samples
+        for i, item in enumerate(_call(function, text)):
+            if not isinstance(item, Mapping):
+                raise CalibrationError(
+                    f"{text}: item {i} is a {type(item).__name__}, expected a dict of arrays"
+                )
+            chunk = {k: np.asarray(v) for k, v in item.items()}
+            if left is not None:
+                chunk = {k: v[:left] for k, v in chunk.items()}
+                left -= _sample_count(f"{text} item {i}", chunk)
+            yield f"{text} item {i}", chunk
+            if left is not None and left <= 0:
+                return
+
+    return chunks
+
+
+def _resolve_function(text: str) -> Callable[[], Iterable]:
+    target, _, attr = text.rpartition(":")
+    if target.endswith(".py"):
+        from torchship.sources import _import_file
+
+        try:
+            module = _import_file(Path(target))
+        except ModelLoadError as exc:
+            raise CalibrationError(f"{text}: {exc}") from None
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise CalibrationError(f"{text}: cannot import {target!r}: {exc}") from None
+    function = getattr(module, attr, None)
+    if not callable(function):
+        raise CalibrationError(f"{text}: {target!r} has no callable {attr!r}")
+    return function
+
+
+def _call(function: Callable[[], Iterable], text: str) -> Iterable:
+    try:
+        result = function()
+    except Exception as exc:
+        raise CalibrationError(f"{text}: calling it failed: {type(exc).__name__}: {exc}") from exc
+    if isinstance(result, Mapping):
+        return [result]
+    if not isinstance(result, Iterable):
+        raise CalibrationError(
+            f"{text}: returned a {type(result).__name__}, expected dicts of arrays"
+        )
+    return result
+
+
+# --- selection, splitting and checks ----------------------------------------------------------
+
+
+def _sample_count(origin: str, chunk: Chunk) -> int:
+    counts = {k: (v.shape[0] if v.ndim else -1) for k, v in chunk.items()}
+    if not counts:
+        raise CalibrationError(f"{origin}: holds no arrays")
+    if len(set(counts.values())) != 1 or -1 in counts.values():
+        raise CalibrationError(
+            f"{origin}: arrays disagree on the sample count (first axis): {counts}"
+        )
+    return next(iter(counts.values()))
+
+
+def _chosen(total: int, *, samples: int | None, seed: int) -> np.ndarray:
+    if samples is None or samples >= total:
+        return np.arange(total)
+    return np.sort(np.random.default_rng(seed).permutation(total)[:samples])
+
+
+def _subset(origin: str, chunk: Chunk, *, samples: int | None, seed: int) -> Chunk:
+    keep = _chosen(_sample_count(origin, chunk), samples=samples, seed=seed)
+    if samples is None or len(keep) == _sample_count(origin, chunk):
+        return chunk
+    return {k: v[keep] for k, v in chunk.items()}
+
+
+def _split(
+    origin: str, chunk: Chunk, batch_size: int, inputs: Sequence[InputSpec]
+) -> Iterator[Batch]:
+    _check_names(origin, chunk, inputs)
+    total = _sample_count(origin, chunk)
+    labels = chunk.get(LABELS_KEY)
+    for start in range(0, total, batch_size):
+        stop = min(start + batch_size, total)
+        feeds = {s.name: np.ascontiguousarray(chunk[s.name][start:stop]) for s in inputs}
+        batch_labels = None if labels is None else np.asarray(labels[start:stop], dtype=np.int64)
+        yield Batch(feeds, f"{origin} samples {start}..{stop - 1}", batch_labels)
+
+
+def _check_names(origin: str, chunk: Chunk, inputs: Sequence[InputSpec]) -> None:
+    expected = {s.name for s in inputs}
+    missing = sorted(expected - set(chunk))
+    extra = sorted(set(chunk) - expected - {LABELS_KEY})
+    if missing or extra:
+        raise CalibrationError(
+            f"{origin}: inputs do not match the model: missing {missing or 'none'}, "
+            f"unexpected {extra or 'none'}; the model takes {sorted(expected)}"
+            + (f" (plus optional {LABELS_KEY!r})" if extra else "")
+        )
+
+
+def _check_batch(batch: Batch, inputs: Sequence[InputSpec]) -> None:
+    for spec in inputs:
+        value = batch.feeds[spec.name]
+        where = f"{batch.origin}: input {spec.name!r}"
+        if value.dtype != spec.np_dtype:
+            raise CalibrationError(f"{where}: dtype {value.dtype} given, {spec.dtype} expected")
+        if not spec.matches(value.shape):
+            raise CalibrationError(
+                f"{where}: shape {list(value.shape)} given, {spec.symbolic_shape} expected"
+            )
+        if np.issubdtype(value.dtype, np.inexact):
+            bad = ~np.isfinite(value)
+            if bad.any():
+                index = int(np.argwhere(bad)[0][0])
+                kind = "NaN" if np.isnan(value).any() else "Inf"
+                raise CalibrationError(
+                    f"{where}: sample {index} of the batch holds {kind}; data must be finite"
+                )
+
+
+def _update_digest(digest, batch: Batch) -> None:
+    for name in sorted(batch.feeds):
+        value = batch.feeds[name]
+        digest.update(f"{name}:{value.dtype.str}:{value.shape[1:]}".encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+
+
+def _batch_size_for(inputs: Sequence[InputSpec]) -> int:
+    """Dynamic batch axis: batches of 32; a fixed axis 0: that size."""
+    if inputs and all(s.shape and 0 in s.dynamic for s in inputs):
+        return _DEFAULT_BATCH
+    if inputs and inputs[0].shape:
+        return inputs[0].shape[0]
+    return 1

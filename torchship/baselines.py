@@ -1,0 +1,121 @@
+"""Stored latency baselines: bench documents filed by name under a machine + software fingerprint.
+
+Layout: `<root>/<fingerprint>/<NAME>.json`. The root is `$TORCHSHIP_BASELINES` or
+`.torchship/baselines` (relative to the working directory) unless a path is given. Baselines are
+only comparable on the fingerprint that made them; reading one made elsewhere warns, or refuses
+when `strict`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torchship.errors import ConfigError
+from torchship.files import atomic_write_json
+
+__all__ = [
+    "DEFAULT_ROOT",
+    "ENV_VAR",
+    "baseline_root",
+    "save_baseline",
+    "find_baseline",
+    "load_baseline",
+    "current_fingerprint",
+]
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "TORCHSHIP_BASELINES"
+DEFAULT_ROOT = Path(".torchship") / "baselines"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def baseline_root(root: str | os.PathLike | None = None) -> Path:
+    """The baselines directory: `root`, else $TORCHSHIP_BASELINES, else .torchship/baselines."""
+    if root is not None:
+        return Path(root)
+    return Path(os.environ.get(ENV_VAR) or DEFAULT_ROOT)
+
+
+def current_fingerprint() -> str:
+    from torchship.fingerprint import fingerprint_key, machine_fingerprint, software_fingerprint
+
+    return fingerprint_key(machine_fingerprint(), software_fingerprint())
+
+
+def save_baseline(
+    document: Mapping[str, Any], name: str, *, root: str | os.PathLike | None = None
+) -> Path:
+    """File a bench document as baseline `name` under its own fingerprint; returns the path."""
+    _check_name(name)
+    fingerprint = document.get("fingerprint")
+    if not isinstance(fingerprint, str) or not fingerprint:
+        raise ConfigError("the bench document has no fingerprint; cannot file it as a baseline")
+    path = baseline_root(root) / fingerprint / f"{name}.json"
+    atomic_write_json(path, dict(document))
+    log.info("saved baseline %r to %s", name, path)
+    return path
+
+
+def find_baseline(
+    name: str,
+    *,
+    root: str | os.PathLike | None = None,
+    fingerprint: str | None = None,
+    strict: bool = False,
+) -> Path:
+    """The file of baseline `name` for `fingerprint` (default: this machine's).
+
+    When only another fingerprint has it: a warning (ConfigError when `strict`). When none has
+    it: ConfigError listing the baselines that exist.
+    """
+    _check_name(name)
+    base = baseline_root(root)
+    fingerprint = fingerprint or current_fingerprint()
+    own = base / fingerprint / f"{name}.json"
+    if own.is_file():
+        return own
+    others = sorted(base.glob(f"*/{name}.json")) if base.is_dir() else []
+    if not others:
+        known = sorted({p.stem for p in base.glob("*/*.json")}) if base.is_dir() else []
+        raise ConfigError(
+            f"no baseline named {name!r} under {base}; known: {', '.join(known) or 'none'} "
+            "(save one with `torchship bench ... --save-baseline NAME`)"
+        )
+    found = others[-1]
+    message = (
+        f"baseline {name!r} was recorded under fingerprint {found.parent.name}, this machine is "
+        f"{fingerprint}: another machine or software versions"
+    )
+    if strict:
+        raise ConfigError(message + "; refusing under --strict")
+    log.warning("%s; comparing anyway", message)
+    return found
+
+
+def load_baseline(
+    name_or_path: str | os.PathLike,
+    *,
+    root: str | os.PathLike | None = None,
+    strict: bool = False,
+) -> dict[str, Any]:
+    """A bench document from a JSON file path, or else from the stored baseline of that name."""
+    from torchship.runtimes import load_bench_document
+
+    path = Path(name_or_path)
+    if path.suffix == ".json" or path.exists():
+        return load_bench_document(path)
+    return load_bench_document(find_baseline(str(name_or_path), root=root, strict=strict))
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.match(name):
+        raise ConfigError(
+            f"baseline name {name!r}: use letters, digits, '.', '_' or '-' (at most 100), "
+            "starting with a letter or digit"
+        )
