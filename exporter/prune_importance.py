@@ -58,7 +58,7 @@ IMPORTANCES.register("taylor")(
 def check_training_data(
     data: dict[str, np.ndarray], specs: tuple[InputSpec, ...], *, what: str = "training data"
 ) -> int:
-    """Validate a dict of arrays (one per input, plus optional `labels`); returns the sample count."""
+    """Check a dict of arrays (one per input, optional `labels`); returns the sample count."""
     missing = [s.name for s in specs if s.name not in data]
     if missing:
         raise CalibrationError(
@@ -99,7 +99,14 @@ def iterate_batches(
             for s in specs
         )
         labels = data.get(LABELS_KEY)
-        yield inputs, (torch.from_numpy(np.asarray(labels)[idx].astype(np.int64)) if labels is not None else None)
+        yield (
+            inputs,
+            (
+                torch.from_numpy(np.asarray(labels)[idx].astype(np.int64))
+                if labels is not None
+                else None
+            ),
+        )
 
 
 def accumulate_taylor_gradients(

@@ -2,6 +2,7 @@
 
 from torchship.api import ExportResult, bench, export
 from torchship.artifact import Artifact, Format, Precision
+from torchship.calibration import quantize
 from torchship.errors import (
     BackendUnavailableError,
     CalibrationError,
@@ -12,6 +13,7 @@ from torchship.errors import (
     ParityError,
     ToolchainError,
 )
+from torchship.exporter.prune_run import prune
 from torchship.loaded import LoadedModel
 from torchship.sources import load_model
 from torchship.specs import InputSpec, parse_input_flag
@@ -35,4 +37,6 @@ __all__ = [
     "export",
     "load_model",
     "parse_input_flag",
+    "prune",
+    "quantize",
 ]

@@ -61,7 +61,7 @@ def progress(console: Console) -> Iterator[Callable[[str], None]]:
 
 def _register_ship(commands) -> None:
     p = commands.add_parser("ship", help="run the whole pipeline (no file: the embedded demo)")
-    p.add_argument("config", nargs="?", help="pipeline.toml (not yet supported: omit it)")
+    p.add_argument("config", nargs="?", help="pipeline.toml (`torchship init` writes one)")
     p.add_argument("-o", "--output", default="dist/demo", help="bundle directory")
     p.add_argument(
         "--min-time",
@@ -82,10 +82,9 @@ def _ship(args, *, console: Console, argv) -> int:
     from torchship.ship import ship_demo
 
     if args.config is not None:
-        raise ConfigError(
-            f"{args.config}: pipeline files are not supported yet; run `torchship ship` "
-            "with no file for the demo, or `torchship export` for your own model"
-        )
+        from torchship.cli_regress import ship_pipeline
+
+        return ship_pipeline(args.config, console=console, argv=argv, json_out=args.json)
     config = BenchConfig(batches=(8,), min_time_s=args.min_time, threads=args.threads)
     with progress(console) as step:
         report = ship_demo(args.output, bench_config=config, command=argv, progress=step)
@@ -177,6 +176,8 @@ def _register_bench(commands) -> None:
         help="time at least S seconds when --iters is not given (default 1.0)",
     )
     p.add_argument("--json", metavar="OUT", help="write the torchship.bench/1 JSON ('-': stdout)")
+    p.add_argument("--save-baseline", metavar="NAME", help="also file the results as baseline NAME")
+    p.add_argument("--baseline-dir", help="baselines folder (default $TORCHSHIP_BASELINES)")
     add_input_flags(p)
     p.set_defaults(handler=_bench)
 
@@ -207,6 +208,10 @@ def _bench(args, *, console: Console, argv) -> int:
         console.print(bench_table(document))
     if args.json:
         dump_json(args.json, document, console)
+    if args.save_baseline:
+        from torchship.cli_regress import save_baseline_from_args
+
+        save_baseline_from_args(args, document, console)
     return 0
 
 
@@ -246,4 +251,8 @@ REGISTER = [_register_ship, _register_export, _register_bench, _register_doctor]
 
 #: Commands that live in their own module, each exposing `register(commands)`. One per line.
 COMMAND_MODULES = (
+    "torchship.cli_regress",
+    "torchship.cli_prune",
+    "torchship.cli_quantize",
+    "torchship.cli_engine",
 )

@@ -1,0 +1,130 @@
+"""The pruning pipeline: prune (fixed or latency-searched ratio), recover, report.
+
+`prune` is the Python API behind `torchship prune`; `prune_for_ship` is the quick demo
+variant the `ship` pipeline calls for its `pruned` rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from torchship.errors import ConfigError
+from torchship.exporter.prune_distill import (
+    DistillConfig,
+    RecoveryMode,
+    TrainReport,
+    evaluate_accuracy,
+    recover,
+)
+from torchship.exporter.prune_search import SearchResult, search_ratio
+from torchship.exporter.pruning import PruneConfig, PruneResult, prune_channels
+from torchship.loaded import LoadedModel
+
+__all__ = ["PruneOutcome", "prune", "prune_for_ship"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PruneOutcome:
+    """The final model plus everything that was measured on the way."""
+
+    model: LoadedModel
+    pruning: PruneResult
+    search: SearchResult | None = None
+    training: TrainReport | None = None
+    accuracy: dict[str, float | None] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "pruning": self.pruning.to_dict(),
+            "search": self.search.to_dict() if self.search else None,
+            "training": self.training.to_dict() if self.training else None,
+            "accuracy": dict(self.accuracy),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def prune(
+    model: LoadedModel,
+    *,
+    config: PruneConfig | None = None,
+    train: dict[str, np.ndarray] | None = None,
+    eval: dict[str, np.ndarray] | None = None,  # noqa: A002 - mirrors --eval
+    recovery: DistillConfig | None = None,
+    target_speedup: float | None = None,
+    target_latency_ms: float | None = None,
+    runtime: str | None = None,
+    batch: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> PruneOutcome:
+    """Prune `model` (ratio from `config`, or searched for a latency target), then recover.
+
+    Recovery runs when `recovery` is given and its epochs > 0; it needs `train`.
+    """
+    start = time.perf_counter()
+    config = config or PruneConfig()
+    step = progress or (lambda message: None)
+    search = None
+    if target_speedup is not None or target_latency_ms is not None:
+        search = search_ratio(
+            model,
+            target_speedup=target_speedup,
+            target_latency_ms=target_latency_ms,
+            runtime=runtime or "ort-cpu",
+            batch=batch or 8,
+            config=config,
+            eval_data=eval,
+            progress=step,
+        )
+        pruned = search.chosen
+    else:
+        step(f"pruning {config.ratio_value:.0%} of the channels ({config.importance_name})")
+        pruned = prune_channels(model, config=config, data=train)
+    accuracy = {"unpruned": _accuracy(model, eval), "pruned": _accuracy(pruned.model, eval)}
+    final, training = pruned.model, None
+    if recovery is not None and recovery.epochs > 0:
+        if train is None:
+            raise ConfigError(f"{recovery.mode.value} needs training data; pass --train DATA")
+        teacher = model if recovery.mode is RecoveryMode.DISTILL else None
+        final, training = recover(
+            pruned.model, train, teacher=teacher, config=recovery, progress=step
+        )
+        accuracy["recovered"] = _accuracy(final, eval)
+    pruned = replace(pruned, model=final)
+    return PruneOutcome(final, pruned, search, training, accuracy, time.perf_counter() - start)
+
+
+def _accuracy(model: LoadedModel, data) -> float | None:
+    return evaluate_accuracy(model, data) if data is not None else None
+
+
+def prune_for_ship(
+    model: LoadedModel,
+    *,
+    train: dict[str, np.ndarray],
+    eval: dict[str, np.ndarray] | None = None,  # noqa: A002
+    ratio: float | None = None,
+    epochs: int | None = None,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[LoadedModel, dict]:
+    """Prune (L2, default ratio 0.5) and distill for a few epochs; (pruned model, report dict).
+
+    Fast enough for the demo in `torchship ship` (well under a minute on 2 cores).
+    """
+    outcome = prune(
+        model,
+        config=PruneConfig(ratio=ratio),
+        train=train,
+        eval=eval,
+        recovery=DistillConfig(epochs=3 if epochs is None else epochs, seed=seed),
+        progress=progress,
+    )
+    return outcome.model, outcome.to_dict()
