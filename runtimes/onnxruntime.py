@@ -15,9 +15,10 @@ import numpy as np
 from torchship.artifact import Artifact, Format
 from torchship.errors import BackendUnavailableError, ModelLoadError
 from torchship.runtimes.base import RUNNERS, Runner
+from torchship.runtimes.torch_cuda import ComputeEvents, GpuTimedMixin
 from torchship.runtimes.torch_eager import first_line
 
-__all__ = ["OrtRunner", "OrtCpuRunner", "OrtCudaRunner", "OrtTensorrtRunner"]
+__all__ = ["OrtRunner", "OrtCpuRunner", "OrtGpuRunner", "OrtCudaRunner", "OrtTensorrtRunner"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,10 @@ class OrtRunner(Runner):
         )
         return options
 
+    def provider_list(self) -> list:
+        """Providers as InferenceSession takes them: names, or (name, options) pairs."""
+        return list(self.providers)
+
     def _load(self) -> None:
         import onnxruntime
 
@@ -78,7 +83,7 @@ class OrtRunner(Runner):
         options = self.session_options()
         try:
             session = onnxruntime.InferenceSession(
-                str(path), sess_options=options, providers=list(self.providers)
+                str(path), sess_options=options, providers=self.provider_list()
             )
         except Exception as exc:  # ORT raises its own pybind error types
             raise ModelLoadError(f"{path}: onnxruntime cannot load it ({first_line(exc)})") from exc
@@ -130,8 +135,75 @@ class OrtCpuRunner(OrtRunner):
     providers = ("CPUExecutionProvider",)
 
 
+class OrtGpuRunner(GpuTimedMixin, OrtRunner):
+    """ORT on a GPU: inputs bound on the device (I/O binding), compute on our CUDA stream.
+
+    The session runs on the runner's torch stream (`user_compute_stream`), so CUDA events on
+    that stream time ORT's kernels alone; host<->device copies stay outside the events.
+    """
+
+    def _load(self) -> None:
+        import torch
+
+        self._stream = torch.cuda.Stream()
+        super()._load()
+
+    def provider_list(self) -> list:
+        from torchship.runtimes.tensorrt_engine import cache_root
+
+        stream = str(self._stream.cuda_stream)
+        options = {
+            "CUDAExecutionProvider": {"user_compute_stream": stream},
+            "TensorrtExecutionProvider": {
+                "user_compute_stream": stream,
+                # ORT rebuilds TensorRT engines per session unless they are cached.
+                "trt_engine_cache_enable": "True",
+                "trt_engine_cache_path": str(cache_root() / "ort-trt"),
+                "trt_timing_cache_enable": "True",
+                "trt_timing_cache_path": str(cache_root() / "ort-trt"),
+            },
+        }
+        return [(p, options[p]) if p in options else p for p in self.providers]
+
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        events = ComputeEvents(self._stream)
+        binding = self._session.io_binding()
+        with torch.cuda.stream(self._stream):
+            held = [self._bind_input(binding, s.name, feeds[s.name]) for s in self.inputs]
+            for name in self._output_names:
+                binding.bind_output(name, "cuda", torch.cuda.current_device())
+            with events.around():
+                self._session.run_with_iobinding(binding)
+        self.last_compute_ms = events.elapsed_ms()
+        del held  # device inputs had to outlive the run
+        arrays = binding.copy_outputs_to_cpu()
+        return dict(zip(self._output_names, arrays, strict=True))
+
+    @staticmethod
+    def _bind_input(binding: Any, name: str, value: np.ndarray) -> Any:
+        import torch
+
+        array = np.ascontiguousarray(value)
+        tensor = torch.from_numpy(array).to("cuda", non_blocking=True)
+        binding.bind_input(
+            name=name,
+            device_type="cuda",
+            device_id=tensor.device.index or 0,
+            element_type=array.dtype.type,
+            shape=tuple(tensor.shape),
+            buffer_ptr=tensor.data_ptr(),
+        )
+        return tensor
+
+    def _close(self) -> None:
+        super()._close()
+        self._stream = None
+
+
 @RUNNERS.register("ort-cuda")
-class OrtCudaRunner(OrtRunner):
+class OrtCudaRunner(OrtGpuRunner):
     name = "ort-cuda"
     device = "cuda"
     extra = "gpu"
@@ -140,7 +212,7 @@ class OrtCudaRunner(OrtRunner):
 
 
 @RUNNERS.register("ort-trt")
-class OrtTensorrtRunner(OrtRunner):
+class OrtTensorrtRunner(OrtGpuRunner):
     name = "ort-trt"
     device = "cuda"
     extra = "gpu"

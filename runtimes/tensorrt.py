@@ -1,8 +1,12 @@
-"""`tensorrt`: a native TensorRT engine built from an ONNX artifact when the runner loads.
+"""`tensorrt`: a native TensorRT engine, from an `.engine` file or built from ONNX on load.
 
-`tensorrt` (and CUDA tensors through torch) are imported only here, only when used. INT8 means
-explicit Q/DQ ONNX built as a strongly typed network: TensorRT 10 deprecated implicit
-calibration and later releases removed it.
+`tensorrt` (and CUDA tensors through torch) are imported only when a runner loads. I/O goes
+through torch CUDA tensors bound by name (`set_tensor_address`) and `execute_async_v3` on the
+runner's own CUDA stream: the name-based API exists from TensorRT 8.5, so 8.6 (Jetson) and 10.x
+share one path, and the binding-index API that 10.0 removed is never used.
+
+An `.engine` file is checked against its manifest (TensorRT version, GPU) before TensorRT sees
+it; an ONNX artifact is built for its own precision through the engine cache.
 """
 
 from __future__ import annotations
@@ -14,108 +18,151 @@ from typing import Any
 
 import numpy as np
 
-from torchship.artifact import Format, Precision
-from torchship.errors import ExportError
+from torchship.artifact import Artifact, Format
+from torchship.errors import BackendUnavailableError, ConfigError, ExportError, ModelLoadError
 from torchship.runtimes.base import RUNNERS, Runner
-from torchship.runtimes.timing import Timer, timer_for
+from torchship.runtimes.tensorrt_build import EngineOptions, profile_shapes
+from torchship.runtimes.tensorrt_compat import import_tensorrt, routed_logger
+from torchship.runtimes.tensorrt_engine import (
+    EngineCache,
+    EngineInfo,
+    build_engine,
+    check_compatible,
+    gpu_identity,
+)
+from torchship.runtimes.torch_cuda import ComputeEvents, GpuTimedMixin, cuda_reason, torch_dtype
 
 __all__ = ["TensorRTRunner", "profile_shapes"]
 
 log = logging.getLogger(__name__)
 
-#: Dynamic axes are built for sizes 1 .. this many times the example size.
-DYNAMIC_MAX_FACTOR = 4
-
 
 @RUNNERS.register("tensorrt")
-class TensorRTRunner(Runner):
-    """Builds the engine at load (FP16 flag for fp16 artifacts, strongly typed for int8)."""
+class TensorRTRunner(GpuTimedMixin, Runner):
+    """Runs a TensorRT engine; `options`/`cache` apply when the artifact is ONNX."""
 
     name = "tensorrt"
-    formats = (Format.ONNX,)
+    formats = (Format.ONNX, Format.TENSORRT_ENGINE)
     device = "cuda"
     extra = "tensorrt"
+
+    def __init__(
+        self,
+        artifact: Artifact,
+        *,
+        threads: int | None = None,
+        options: EngineOptions | None = None,
+        cache: EngineCache | None = None,
+    ) -> None:
+        super().__init__(artifact, threads=threads)
+        self.options = options
+        self.cache = cache
+        self.info: EngineInfo | None = None
+        #: True when the engine for an ONNX artifact came from the engine cache.
+        self.from_cache = False
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
         if importlib.util.find_spec("tensorrt") is None:
             return "the tensorrt package is not installed (pip install torchship[tensorrt])"
-        import torch
-
-        if not torch.cuda.is_available():
-            return "torch sees no CUDA GPU (TensorRT buffers are CUDA tensors)"
-        return None
-
-    def make_timer(self) -> Timer:
-        """CUDA events on the current stream, which is where `_infer` enqueues its work."""
-        return timer_for(self.device)
+        return cuda_reason()
 
     def _load(self) -> None:
-        import tensorrt as trt
+        import torch
 
-        logger = trt.Logger(trt.Logger.WARNING)
-        engine = trt.Runtime(logger).deserialize_cuda_engine(self._build(trt, logger))
+        trt, caps = import_tensorrt()
+        plan = self._plan(caps.version)
+        logger = routed_logger(trt, name=__name__)
+        engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
+        if engine is None:
+            detail = "; ".join(logger.errors[-2:]) or "no message"
+            raise BackendUnavailableError(
+                f"{self.artifact.path}: TensorRT {caps.version} cannot load this engine "
+                f"({detail}); rebuild it on this machine with `torchship build-engine`"
+            )
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        self._outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        is_input = {n: engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+        self._inputs = [n for n in names if is_input[n]]
+        self._outputs = [n for n in names if not is_input[n]]
+        self._dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
+        self._check_input_names()
         self._engine = engine
         self._context = engine.create_execution_context()
-        log.info("tensorrt: built %s (%s)", self.artifact.path.name, self.artifact.precision.value)
+        self._stream = torch.cuda.Stream()
+        log.info("tensorrt: loaded %s (%s)", self.artifact.path.name, self.artifact.precision.value)
 
-    def _build(self, trt: Any, logger: Any) -> bytes:
-        builder = trt.Builder(logger)
-        typed = self.artifact.precision is Precision.INT8
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if typed else 0
-        network = builder.create_network(flags)
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse_from_file(str(self.artifact.path)):
-            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise ExportError(f"{self.artifact.path}: TensorRT cannot parse it ({errors})")
-        config = builder.create_builder_config()
-        if self.artifact.precision is Precision.FP16:
-            config.set_flag(trt.BuilderFlag.FP16)
-        profile = builder.create_optimization_profile()
-        for spec in self.inputs:
-            profile.set_shape(spec.name, *profile_shapes(spec.shape, spec.dynamic))
-        config.add_optimization_profile(profile)
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise ExportError(f"{self.artifact.path}: TensorRT engine build failed (see its log)")
-        return bytes(serialized)
+    def _plan(self, trt_version: str) -> bytes:
+        if self.artifact.format is Format.ONNX:
+            build = build_engine(self.artifact, options=self.options, cache=self.cache)
+            self.info, self.from_cache = build.info, build.cached
+            return build.plan
+        from torchship.runtimes.tensorrt_files import read_engine_info
+
+        self.info = read_engine_info(self.artifact)
+        if self.info is None:
+            log.warning(
+                "%s has no manifest entry: cannot check its GPU/TensorRT version before loading",
+                self.artifact.path,
+            )
+        else:
+            check_compatible(
+                self.info, path=self.artifact.path, trt_version=trt_version, gpu=gpu_identity()
+            )
+        return self.artifact.path.read_bytes()
+
+    def _check_input_names(self) -> None:
+        want = {s.name for s in self.inputs}
+        if want != set(self._inputs):
+            raise ModelLoadError(
+                f"{self.artifact.path}: the engine takes inputs {sorted(self._inputs)}, "
+                f"the artifact describes {sorted(want)}"
+            )
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        stream = torch.cuda.current_stream()
-        inputs = {}  # keep device buffers alive until the stream is done with them
-        for spec in self.inputs:
-            tensor = torch.from_numpy(np.ascontiguousarray(feeds[spec.name])).cuda()
-            self._context.set_input_shape(spec.name, tuple(tensor.shape))
-            self._context.set_tensor_address(spec.name, tensor.data_ptr())
-            inputs[spec.name] = tensor
-        outputs = {name: self._empty_output(name) for name in self._outputs}
-        for name, tensor in outputs.items():
-            self._context.set_tensor_address(name, tensor.data_ptr())
-        if not self._context.execute_async_v3(stream.cuda_stream):
-            raise ExportError(f"{self.artifact.path}: TensorRT execution failed")
-        return {name: tensor.cpu().numpy() for name, tensor in outputs.items()}
+        events = ComputeEvents(self._stream)
+        with torch.cuda.stream(self._stream):
+            held = [self._bind_input(name, feeds[name]) for name in self._inputs]
+            outputs = {name: self._bind_output(name) for name in self._outputs}
+            with events.around():
+                ok = self._context.execute_async_v3(self._stream.cuda_stream)
+            if not ok:
+                raise ExportError(f"{self.artifact.path}: TensorRT execution failed (see its log)")
+            arrays = {name: tensor.cpu().numpy() for name, tensor in outputs.items()}
+        self.last_compute_ms = events.elapsed_ms()
+        del held  # the input buffers had to outlive the enqueued work
+        return arrays
 
-    def _empty_output(self, name: str) -> Any:
-        import tensorrt as trt
+    def _bind_input(self, name: str, value: np.ndarray) -> Any:
         import torch
 
-        np_dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name)))
-        dtype = torch.from_numpy(np.empty(0, dtype=np_dtype)).dtype
-        return torch.empty(tuple(self._context.get_tensor_shape(name)), dtype=dtype, device="cuda")
+        # 8.6 turns int64 ONNX inputs into int32 engine inputs: feed what the engine takes.
+        array = np.ascontiguousarray(value, dtype=self._dtypes[name])
+        tensor = torch.from_numpy(array).to("cuda", non_blocking=True)
+        if not self._context.set_input_shape(name, tuple(tensor.shape)):
+            low, _, high = self._engine.get_tensor_profile_shape(name, 0)
+            raise ConfigError(
+                f"input {name!r}: shape {list(tensor.shape)} is outside the engine's profile "
+                f"(min {list(low)}, max {list(high)}); rebuild with wider --min/--max shapes"
+            )
+        self._context.set_tensor_address(name, tensor.data_ptr())
+        return tensor
+
+    def _bind_output(self, name: str) -> Any:
+        import torch
+
+        shape = tuple(int(d) for d in self._context.get_tensor_shape(name))
+        if any(d < 0 for d in shape):
+            raise ExportError(
+                f"{self.artifact.path}: output {name!r} has a data-dependent shape {list(shape)}, "
+                "which the tensorrt runner does not support"
+            )
+        tensor = torch.empty(shape, dtype=torch_dtype(self._dtypes[name]), device="cuda")
+        self._context.set_tensor_address(name, tensor.data_ptr())
+        return tensor
 
     def _close(self) -> None:
         self._context = None
         self._engine = None
-
-
-def profile_shapes(
-    shape: tuple[int, ...], dynamic: Mapping[int, str]
-) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """(min, opt, max) for an optimization profile: dynamic axes span 1 .. 4x the example."""
-    low = tuple(1 if i in dynamic else d for i, d in enumerate(shape))
-    high = tuple(max(d, 1) * DYNAMIC_MAX_FACTOR if i in dynamic else d for i, d in enumerate(shape))
-    return low, tuple(shape), high
+        self._stream = None

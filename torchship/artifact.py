@@ -22,10 +22,17 @@ class Format(str, enum.Enum):
     EXPORTED_PROGRAM = "exported-program"
     #: An in-memory nn.Module (the eager reference); never written to disk.
     EAGER = "eager"
+    #: A serialized TensorRT engine (plan): built for one GPU architecture and TensorRT version.
+    TENSORRT_ENGINE = "tensorrt-engine"
 
     @property
     def suffix(self) -> str:
-        return {"torchscript": ".ts", "onnx": ".onnx", "exported-program": ".pt2"}[self.value]
+        return {
+            "torchscript": ".ts",
+            "onnx": ".onnx",
+            "exported-program": ".pt2",
+            "tensorrt-engine": ".engine",
+        }[self.value]
 
     @classmethod
     def parse(cls, name: str) -> Format:
@@ -49,6 +56,8 @@ _SUFFIXES = {
     ".ts": Format.TORCHSCRIPT,
     ".pt": Format.TORCHSCRIPT,
     ".pt2": Format.EXPORTED_PROGRAM,
+    ".engine": Format.TENSORRT_ENGINE,
+    ".plan": Format.TENSORRT_ENGINE,
 }
 
 

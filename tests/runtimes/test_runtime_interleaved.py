@@ -70,3 +70,44 @@ def test_negative_threshold_is_refused(tiny_artifacts):
     result = interleaved_ab(onnx, onnx, rounds=2, iters_per_round=2, warmup=0)
     with pytest.raises(ConfigError, match="threshold must be >= 0"):
         result.b_slower(threshold_pct=-1)
+
+
+def test_only_one_side_is_open_at_a_time_and_order_alternates():
+    import contextlib
+
+    from torchship.runtimes.interleaved import interleaved_rounds
+
+    events, open_now = [], []
+
+    def side(name):
+        @contextlib.contextmanager
+        def session():
+            assert not open_now, f"{name} opened while {open_now} is open"
+            open_now.append(name)
+            events.append(name)
+            try:
+                yield lambda: None
+            finally:
+                open_now.remove(name)
+
+        return session
+
+    samples = interleaved_rounds(
+        {"a": side("a"), "b": side("b")}, rounds=4, iters_per_round=3, warmup=1
+    )
+    assert events == ["a", "b", "b", "a", "a", "b", "b", "a"]
+    assert [len(r) for r in samples["a"]] == [3, 3, 3, 3]
+
+
+def test_runtime_b_compares_two_runtimes(tiny_artifacts):
+    onnx, ts = tiny_artifacts[Format.ONNX], tiny_artifacts[Format.TORCHSCRIPT]
+    result = interleaved_ab(onnx, ts, rounds=2, iters_per_round=3, warmup=0)
+    assert (result.runtime, result.runtime_b) == ("ort-cpu", "torchscript")
+    assert len(result.a_rounds) == len(result.b_rounds) == 2
+    assert result.to_dict()["runtime_b"] == "torchscript"
+
+
+def test_zero_batch_is_refused(tiny_artifacts):
+    onnx = tiny_artifacts[Format.ONNX]
+    with pytest.raises(ConfigError, match="batch must be >= 1"):
+        interleaved_ab(onnx, onnx, batch=0)
