@@ -6,6 +6,7 @@ import logging
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ from torchship.errors import ModelLoadError
 from torchship.loaded import flatten_outputs, to_torch_inputs
 from torchship.runtimes.base import RUNNERS, Runner
 
-__all__ = ["TorchRunner", "name_outputs", "first_line", "require_zip_archive"]
+__all__ = ["TorchModuleRunner", "TorchRunner", "name_outputs", "first_line", "require_zip_archive"]
 
 log = logging.getLogger(__name__)
 
@@ -54,25 +55,39 @@ def require_zip_archive(path: Path, *, kind: str) -> None:
         )
 
 
-class _ThreadsMixin:
-    """Applies `threads` with torch.set_num_threads and restores the previous value."""
+class TorchModuleRunner(Runner):
+    """Base of runners that hold a torch module: thread count, inference, release.
 
-    threads: int | None
+    Subclasses implement `_load_module`; `threads` goes to torch.set_num_threads while loaded and
+    the previous value comes back on close.
+    """
+
+    _module: Any = None
     _previous_threads: int | None = None
 
-    def _apply_threads(self) -> None:
+    def _load_module(self) -> Any:
+        raise NotImplementedError
+
+    def _load(self) -> None:
+        self._module = self._load_module()
         if self.threads is not None:
             self._previous_threads = torch.get_num_threads()
             torch.set_num_threads(self.threads)
 
-    def _restore_threads(self) -> None:
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            result = self._module(*to_torch_inputs(self.inputs, dict(feeds)))
+        return name_outputs(self.artifact.outputs, flatten_outputs(result))
+
+    def _close(self) -> None:
+        self._module = None
         if self._previous_threads is not None:
             torch.set_num_threads(self._previous_threads)
             self._previous_threads = None
 
 
 @RUNNERS.register("torch")
-class TorchRunner(_ThreadsMixin, Runner):
+class TorchRunner(TorchModuleRunner):
     """Eager PyTorch: `Format.EAGER` modules and `Format.EXPORTED_PROGRAM` files."""
 
     name = "torch"
@@ -82,27 +97,15 @@ class TorchRunner(_ThreadsMixin, Runner):
     def unavailable_reason(cls) -> str | None:
         return None
 
-    def _load(self) -> None:
-        if self.artifact.format is Format.EAGER:
-            module = self.artifact.module
-            if not isinstance(module, torch.nn.Module):
-                raise ModelLoadError(
-                    f"eager artifact holds a {type(module).__name__}, expected a torch.nn.Module"
-                )
-            module.eval()
-        else:
-            module = _load_exported_program(self.artifact.path)
-        self._module = module
-        self._apply_threads()
-
-    def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with torch.inference_mode():
-            result = self._module(*to_torch_inputs(self.inputs, dict(feeds)))
-        return name_outputs(self.artifact.outputs, flatten_outputs(result))
-
-    def _close(self) -> None:
-        self._module = None
-        self._restore_threads()
+    def _load_module(self) -> torch.nn.Module:
+        if self.artifact.format is not Format.EAGER:
+            return _load_exported_program(self.artifact.path)
+        module = self.artifact.module
+        if not isinstance(module, torch.nn.Module):
+            raise ModelLoadError(
+                f"eager artifact holds a {type(module).__name__}, expected a torch.nn.Module"
+            )
+        return module.eval()
 
 
 def _load_exported_program(path: Path) -> torch.nn.Module:

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 
-import numpy as np
 import torch
 
 from torchship.artifact import Format
 from torchship.errors import ModelLoadError
-from torchship.loaded import flatten_outputs, to_torch_inputs
-from torchship.runtimes.base import RUNNERS, Runner
+from torchship.runtimes.base import RUNNERS
 from torchship.runtimes.torch_eager import (
-    _ThreadsMixin,
+    TorchModuleRunner,
     first_line,
-    name_outputs,
     require_zip_archive,
 )
 
@@ -25,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 @RUNNERS.register("torchscript")
-class TorchScriptRunner(_ThreadsMixin, Runner):
+class TorchScriptRunner(TorchModuleRunner):
     """Runs a TorchScript archive on CPU with torch.jit.load."""
 
     name = "torchscript"
@@ -35,7 +31,7 @@ class TorchScriptRunner(_ThreadsMixin, Runner):
     def unavailable_reason(cls) -> str | None:
         return None
 
-    def _load(self) -> None:
+    def _load_module(self) -> torch.jit.ScriptModule:
         path = self.artifact.path
         require_zip_archive(path, kind="TorchScript")
         try:
@@ -44,15 +40,4 @@ class TorchScriptRunner(_ThreadsMixin, Runner):
             raise ModelLoadError(
                 f"{path}: not a loadable TorchScript archive ({first_line(exc)})"
             ) from exc
-        module.eval()
-        self._module = module
-        self._apply_threads()
-
-    def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with torch.inference_mode():
-            result = self._module(*to_torch_inputs(self.inputs, dict(feeds)))
-        return name_outputs(self.artifact.outputs, flatten_outputs(result))
-
-    def _close(self) -> None:
-        self._module = None
-        self._restore_threads()
+        return module.eval()
