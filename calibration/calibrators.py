@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from torchship.calibration.data import DataSet
+from torchship.calibration.engine import quiet_ort
 from torchship.errors import CalibrationError
 from torchship.registry import Registry
 
@@ -46,9 +47,7 @@ METHODS.register("entropy")(
     CalibrationMethodSpec("entropy", "Entropy", (("num_bins", 512), ("num_quantized_bins", 128)))
 )
 METHODS.register("percentile")(
-    CalibrationMethodSpec(
-        "percentile", "Percentile", (("num_bins", 2048), ("percentile", 99.999))
-    )
+    CalibrationMethodSpec("percentile", "Percentile", (("num_bins", 2048), ("percentile", 99.999)))
 )
 
 
@@ -63,8 +62,13 @@ class _ChunkReader:
 
 
 def _chunks(data: DataSet) -> Iterator[list[dict]]:
+    """Lists of up to _CHUNK_BATCHES same-shaped batches (ORT's histogram collector stacks
+    one call's outputs into a single array)."""
     chunk: list[dict] = []
     for batch in data.batches():
+        if chunk and _shapes(chunk[0]) != _shapes(batch.feeds):
+            yield chunk
+            chunk = []
         chunk.append(batch.feeds)
         if len(chunk) == _CHUNK_BATCHES:
             yield chunk
@@ -73,9 +77,11 @@ def _chunks(data: DataSet) -> Iterator[list[dict]]:
         yield chunk
 
 
-def compute_ranges(
-    model_path: Path, data: DataSet, *, method: str, symmetric: bool = False
-) -> Any:
+def _shapes(feeds: dict) -> dict:
+    return {k: v.shape for k, v in feeds.items()}
+
+
+def compute_ranges(model_path: Path, data: DataSet, *, method: str, symmetric: bool = False) -> Any:
     """Calibrate `model_path` on `data` with `method`; returns ORT's TensorsData.
 
     Activations are reduced chunk by chunk, so peak memory does not grow with the sample count.
@@ -87,27 +93,31 @@ def compute_ranges(
     if symmetric:
         options["symmetric"] = True
     with tempfile.TemporaryDirectory(prefix="torchship-calib-") as tmp:
-        calibrator = create_calibrator(
-            Path(model_path),
-            None,
-            augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-            calibrate_method=spec.ort_method(),
-            extra_options=options,
-        )
+        with quiet_ort():
+            calibrator = create_calibrator(
+                Path(model_path),
+                None,
+                augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                calibrate_method=spec.ort_method(),
+                extra_options=options,
+            )
         try:
-            for chunk in _chunks(data):
-                calibrator.collect_data(_ChunkReader(chunk))
-            ranges = calibrator.compute_data()
+            with quiet_ort():
+                for chunk in _chunks(data):
+                    calibrator.collect_data(_ChunkReader(chunk))
+                ranges = calibrator.compute_data()
         except ValueError as exc:
             raise CalibrationError(f"{data.name}: calibration failed: {exc}") from exc
         finally:
             calibrator.infer_session = None  # release the session before the temp dir goes
-    log.info("calibrated %d tensors on %d samples (%s)", len(ranges), data.count, method)
+    log.info(
+        "calibrated %d tensors on %d samples (%s)", len(list(ranges.keys())), data.count, method
+    )
     return ranges
 
 
 def write_trt_table(ranges: Any, out_dir: Path) -> list[Path]:
-    """ORT-format calibration table for the ORT TensorRT EP (calibration.flatbuffers/.cache/.json)."""
+    """ORT-format calibration table for the ORT TensorRT EP: calibration.flatbuffers/.json."""
     from onnxruntime.quantization.quant_utils import write_calibration_table
 
     out_dir.mkdir(parents=True, exist_ok=True)

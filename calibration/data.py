@@ -300,10 +300,13 @@ def _check_batch(batch: Batch, inputs: Sequence[InputSpec]) -> None:
 
 
 def _update_digest(digest, batch: Batch) -> None:
-    for name in sorted(batch.feeds):
-        value = batch.feeds[name]
-        digest.update(f"{name}:{value.dtype.str}:{value.shape[1:]}".encode())
-        digest.update(np.ascontiguousarray(value).tobytes())
+    """Hash sample by sample, so the digest does not depend on how samples were batched."""
+    names = sorted(batch.feeds)
+    for i in range(batch.size):
+        for name in names:
+            value = batch.feeds[name]
+            digest.update(f"{name}:{value.dtype.str}:{value.shape[1:]}".encode())
+            digest.update(np.ascontiguousarray(value[i]).tobytes())
 
 
 def _batch_size_for(inputs: Sequence[InputSpec]) -> int:

@@ -67,6 +67,9 @@ class QuantPreset:
 
 PRESETS: Registry[QuantPreset] = Registry("quantization target")
 
+_TRT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool",
+            "GlobalAveragePool", "Concat")  # fmt: skip
+
 for _preset in (
     QuantPreset(
         "cpu-x86",
@@ -94,8 +97,7 @@ for _preset in (
         symmetric_activations=True,
         calibration_table=True,
         # TensorRT fuses Q/DQ around these; it rejects Q/DQ on ops it cannot run in INT8.
-        op_types=("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool",
-                  "GlobalAveragePool", "Concat"),  # fmt: skip
+        op_types=_TRT_OPS,
         extra_options=(("AddQDQPairToWeight", False), ("DedicatedQDQPair", False)),
         description="TensorRT: symmetric S8S8 explicit Q/DQ, per-channel weights",
     ),
@@ -111,7 +113,9 @@ def auto_preset_name(machine: dict, *, gpu_runtimes: bool = False) -> str:
     if arch in ("aarch64", "arm64") or arch.startswith("arm"):
         return "cpu-arm"
     isa = machine.get("isa") or {}
-    has_vnni = machine.get("vnni") or any(isa.get(f) for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    has_vnni = machine.get("vnni") or any(
+        isa.get(f) for f in ("avx512_vnni", "avx_vnni", "amx_int8")
+    )
     return "cpu-x86-vnni" if has_vnni else "cpu-x86"
 
 

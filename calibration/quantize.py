@@ -1,0 +1,361 @@
+"""`quantize()`: FP32 ONNX -> INT8 (static or dynamic) or FP16, checked, measured, with a report.
+
+Static INT8: ORT pre-processing, streamed calibration (once), QDQ quantization with the target
+preset; then the accuracy budget on eval data with the sensitivity fallback, op counts after
+ORT's optimizations (proof it runs as INT8) and an FP32-vs-INT8 timing in the same run.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from torchship.artifact import Artifact, Format, Precision
+from torchship.calibration import engine
+from torchship.calibration.accuracy import Accuracy, compare_accuracy, run_eval
+from torchship.calibration.calibrators import METHODS, compute_ranges, write_trt_table
+from torchship.calibration.data import DataSet, open_data
+from torchship.calibration.inspect_int8 import count_ops
+from torchship.calibration.presets import get_preset
+from torchship.calibration.sensitivity import FallbackResult, fallback_loop
+from torchship.errors import ConfigError
+from torchship.specs import random_feeds
+
+__all__ = ["Mode", "QuantizeOptions", "QuantizeResult", "quantize", "open_source"]
+
+log = logging.getLogger(__name__)
+
+DataLike = str | Path | Mapping[str, np.ndarray] | DataSet
+REPORT_NAME = "quantize_report.json"
+
+
+class Mode(str, enum.Enum):
+    STATIC = "static"
+    DYNAMIC = "dynamic"
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """What to produce and how to check it. None means the default noted beside each field."""
+
+    target: str | None = None  # preset name or "auto" (default: auto)
+    method: str | None = None  # minmax | entropy | percentile (default: minmax)
+    mode: Mode | None = None  # default: static
+    precision: Precision | None = None  # int8 | fp16 (default: int8)
+    max_drop: float | None = None  # percentage points (default: 1.0)
+    samples: int | None = None  # calibration samples (default: all)
+    seed: int = 0
+    max_excluded: int | None = None  # fallback cap (default: no cap)
+    bench: bool = True
+    bench_batch: int | None = None  # default: 8 with a dynamic batch, else the fixed one
+    bench_min_time_s: float = 0.5
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for name, kind in (("mode", Mode), ("precision", Precision)):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, kind):
+                valid = ", ".join(m.value for m in kind)
+                try:
+                    object.__setattr__(self, name, kind(value))
+                except ValueError:
+                    raise ConfigError(f"--{name} {value!r}: valid: {valid}") from None
+        if self.precision not in (None, Precision.INT8, Precision.FP16):
+            raise ConfigError(f"--precision {self.precision.value!r}: valid: int8, fp16")
+        if self.max_drop is not None and not 0 <= self.max_drop <= 100:
+            raise ConfigError(f"--max-drop {self.max_drop}: must be 0..100 percentage points")
+        if self.method is not None:
+            METHODS.get(self.method)
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    artifact: Artifact
+    out_dir: Path
+    passed: bool
+    report: dict
+    manifest_path: Path
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def accuracy(self) -> dict | None:
+        return self.report.get("accuracy")
+
+
+def quantize(
+    model: str | Path | Artifact,
+    out: str | Path | None = None,
+    *,
+    calib: DataLike | None = None,
+    eval_data: DataLike | None = None,
+    options: QuantizeOptions | None = None,
+    command: Sequence[str] | None = None,
+) -> QuantizeResult:
+    """Quantize an FP32 ONNX model; write the artifact, `quantize_report.json` and a manifest.
+
+    `out` is a directory, or a `.onnx` file path (its directory receives the other files).
+    A missed accuracy budget still writes the best artifact; `passed` is then False.
+    """
+    from torchship.api import staged_output
+    from torchship.files import atomic_write_json
+    from torchship.manifest import write_manifest
+
+    opts = options or QuantizeOptions()
+    source = open_source(model)
+    out_dir, file_name = _output_paths(source, out, opts)
+    with staged_output(out_dir) as stage, tempfile.TemporaryDirectory(prefix="tsq-") as tmp:
+        run = _Run(source, opts, Path(tmp), calib=calib, eval_data=eval_data)
+        artifact, report = run.execute(stage / file_name, stage)
+        atomic_write_json(stage / REPORT_NAME, report)
+        write_manifest(stage, _manifest(stage, source, artifact, report, command))
+    final = replace(artifact, path=out_dir / file_name)
+    return QuantizeResult(
+        final, out_dir, report["passed"], report, out_dir / "manifest.json",
+        tuple(report["warnings"]),
+    )  # fmt: skip
+
+
+def open_source(model: str | Path | Artifact) -> Artifact:
+    """The FP32 ONNX artifact to quantize; ConfigError for other formats or precisions."""
+    artifact = model if isinstance(model, Artifact) else Artifact.open(model)
+    if artifact.format is not Format.ONNX:
+        raise ConfigError(
+            f"{artifact.path}: quantize takes an ONNX model, got {artifact.format.value}; "
+            "export one with `torchship export MODEL --format onnx`"
+        )
+    if artifact.precision is not Precision.FP32:
+        raise ConfigError(f"{artifact.path}: already {artifact.precision.value}; give the FP32 one")
+    return artifact
+
+
+def _output_paths(source: Artifact, out: str | Path | None, opts: QuantizeOptions):
+    tag = _tag(opts)
+    if out is None:
+        out_dir = source.path.parent / f"{source.path.stem}-{tag}"
+        return out_dir, f"{source.path.stem}.{tag}.onnx"
+    out = Path(out)
+    if out.suffix == ".onnx":
+        return out.parent, out.name
+    return out, f"{source.path.stem}.{tag}.onnx"
+
+
+def _tag(opts: QuantizeOptions) -> str:
+    if opts.precision is Precision.FP16:
+        return "fp16"
+    return "int8-dynamic" if opts.mode is Mode.DYNAMIC else "int8"
+
+
+class _Run:
+    """One quantization run: builds candidates in a scratch dir, picks one, checks it."""
+
+    def __init__(self, source: Artifact, opts: QuantizeOptions, tmp: Path, *, calib, eval_data):
+        self.source, self.opts, self.tmp = source, opts, tmp
+        self.calib_arg, self.eval_arg = calib, eval_data
+        self.warnings: list[str] = []
+        self.report: dict = {"source": source.path.name, "source_sha256": source.sha256}
+        self._made: dict[tuple[str, ...], Path] = {}
+
+    def warn(self, message: str) -> None:
+        log.warning(message)
+        self.warnings.append(message)
+
+    def execute(self, target: Path, stage: Path) -> tuple[Artifact, dict]:
+        precision = self.opts.precision or Precision.INT8
+        if precision is Precision.FP16:
+            make, accuracy_budget = self._fp16(), False
+        elif (self.opts.mode or Mode.STATIC) is Mode.DYNAMIC:
+            make, accuracy_budget = self._dynamic(), True
+        else:
+            make, accuracy_budget = self._static(stage), True
+        fallback = self._check_accuracy(make, allow_fallback=accuracy_budget)
+        shutil.copyfile(self._made[fallback.excluded], target)
+        details = self._details(fallback)
+        artifact = Artifact.create(
+            target,
+            format=Format.ONNX,
+            inputs=self.source.inputs,
+            outputs=self.source.outputs,
+            precision=precision,
+            details=details,
+        )
+        self._prove(artifact, precision)
+        self.report["passed"] = fallback.passed and self.report["parity"]["passed"]
+        self.report["warnings"] = self.warnings
+        return artifact, self.report
+
+    # --- candidates ---------------------------------------------------------------------------
+
+    def _candidate(self, excluded: tuple[str, ...], build: Callable[[Path, tuple], None]) -> Path:
+        if excluded not in self._made:
+            path = self.tmp / f"candidate{len(self._made)}.onnx"
+            build(path, excluded)
+            self._made[excluded] = path
+        return self._made[excluded]
+
+    def _static(self, stage: Path) -> Callable[[tuple[str, ...]], Path]:
+        opts = self.opts
+        preset = get_preset(opts.target)
+        method = opts.method or "minmax"
+        pre = self.tmp / "preprocessed.onnx"
+        self.report["preprocessing"] = engine.preprocess(self.source.path, pre)
+        self.calib = self._calib_data(required=True)
+        ranges = compute_ranges(
+            pre, self.calib, method=method, symmetric=preset.symmetric_activations
+        )
+        cache = engine.save_ranges(ranges, self.tmp / "ranges.json")
+        if preset.calibration_table:
+            self.report["calibration_table"] = [p.name for p in write_trt_table(ranges, stage)]
+        self.report.update(mode="static", preset=preset.to_dict(), method=method)
+        self.candidates = engine.weight_op_nodes(pre)
+        ort_method = METHODS.get(method).ort_method()
+
+        def build(path: Path, excluded: tuple) -> None:
+            engine.quantize_static_qdq(
+                pre, path, preset=preset, method=ort_method, ranges_cache=cache, exclude=excluded
+            )
+
+        return lambda excluded: self._candidate(excluded, build)
+
+    def _dynamic(self) -> Callable[[tuple[str, ...]], Path]:
+        pre = self.tmp / "preprocessed.onnx"
+        self.report["preprocessing"] = engine.preprocess(self.source.path, pre)
+        self.report.update(mode="dynamic", preset=None, method=None)
+        self.calib = self._calib_data(required=False)  # only an eval fallback: no ranges needed
+        if engine.conv_heavy(pre):
+            self.warn(
+                f"{self.source.path.name} is convolution-heavy: dynamic INT8 leaves its convs in "
+                "FP32 (dynamic conv quantization ran ~6x slower); use --mode static"
+            )
+        self.candidates = [c for c in engine.weight_op_nodes(pre) if c[1] in ("MatMul", "Gemm")]
+        return lambda excluded: self._candidate(
+            excluded, lambda path, ex: engine.quantize_dynamic_int8(pre, path, exclude=ex)
+        )
+
+    def _fp16(self) -> Callable[[tuple[str, ...]], Path]:
+        self.report.update(mode="fp16", preset=None, method=None)
+        self.calib, self.candidates = self._calib_data(required=False), []
+        self.warn(
+            "FP16 is meant for GPU runtimes (ort-cuda, ort-trt, tensorrt); on CPU it runs slower "
+            "than FP32"
+        )
+        return lambda excluded: self._candidate(
+            excluded, lambda path, ex: engine.convert_fp16(self.source.path, path)
+        )
+
+    # --- data and checks ----------------------------------------------------------------------
+
+    def _calib_data(self, *, required: bool) -> DataSet | None:
+        if self.calib_arg is None:
+            if required:
+                raise ConfigError("static INT8 needs calibration data: pass --calib DATA")
+            return None
+        return _as_dataset(
+            self.calib_arg, self.source, samples=self.opts.samples, seed=self.opts.seed
+        )
+
+    def _eval_data(self) -> DataSet:
+        if self.eval_arg is not None:
+            return _as_dataset(self.eval_arg, self.source, samples=None, seed=self.opts.seed)
+        if self.calib is not None:
+            self.warn("no --eval data: accuracy is agreement with FP32 on the calibration data")
+            return self.calib
+        self.warn("no --eval data: accuracy is agreement with FP32 on 64 random inputs")
+        specs = [s.with_batch(64) for s in self.source.inputs]
+        return open_data(random_feeds(specs, seed=self.opts.seed), inputs=self.source.inputs)
+
+    def _check_accuracy(self, make, *, allow_fallback: bool) -> FallbackResult:
+        data = self._eval_data()
+        reference = run_eval(self.source.path, data, threads=self.opts.threads)
+        self.eval_data = data
+
+        def evaluate(excluded: tuple[str, ...]) -> Accuracy:
+            outputs = run_eval(make(excluded), data, threads=self.opts.threads)
+            return compare_accuracy(outputs, reference)
+
+        max_drop = 1.0 if self.opts.max_drop is None else self.opts.max_drop
+        result = fallback_loop(
+            self.candidates if allow_fallback else [],
+            evaluate,
+            max_drop=max_drop,
+            max_excluded=self.opts.max_excluded,
+        )
+        self.report["accuracy"] = {**result.accuracy.to_dict(), "max_drop": max_drop}
+        self.report["eval"] = data.describe()
+        if self.calib is not None and self.report.get("mode") == "static":
+            self.report["calibration"] = self.calib.describe()
+        self.report["fallback"] = result.to_dict()
+        if not result.passed:
+            self.warn(f"accuracy budget missed: {result.accuracy.summary()}, max {max_drop} points")
+        return result
+
+    def _details(self, fallback: FallbackResult) -> dict:
+        keys = ("mode", "preset", "method", "preprocessing")
+        details = {k: self.report.get(k) for k in keys}
+        details["preset"] = (self.report.get("preset") or {}).get("name")
+        details["excluded_nodes"] = list(fallback.excluded)
+        return details
+
+    def _prove(self, artifact: Artifact, precision: Precision) -> None:
+        from torchship.calibration.proof import bench_vs_fp32, parity_vs_fp32
+
+        counts = count_ops(artifact.path)
+        self.report["op_counts"] = counts.to_dict()
+        artifact.details["op_counts"] = counts.to_dict()
+        if precision is Precision.INT8 and counts.integer == 0:
+            self.warn(f"{artifact.path.name}: no integer kernels after ORT optimization")
+        self.report["parity"] = parity_vs_fp32(self.source, artifact, self.eval_data)
+        if self.opts.bench:
+            timing = bench_vs_fp32(self.source, artifact, options=self.opts)
+            self.report["timing"] = timing
+            if timing["speedup"] < 1.0:
+                self.warn(
+                    f"!!! {artifact.path.name} is NOT faster than FP32: {timing['speedup']:.2f}x "
+                    f"(p50 {timing['p50_ms']:.3f} ms vs {timing['fp32_p50_ms']:.3f} ms, "
+                    f"batch {timing['batch']})" + _cpu_timing_note(self.report)
+                )
+
+
+def _cpu_timing_note(report: dict) -> str:
+    if (report.get("preset") or {}).get("name") == "tensorrt":
+        return "; the tensorrt preset (S8S8) targets TensorRT, CPU timing is informational"
+    if report.get("mode") == "fp16":
+        return "; FP16 targets GPU runtimes"
+    return ""
+
+
+def _as_dataset(data: DataLike, source: Artifact, *, samples: int | None, seed: int) -> DataSet:
+    if isinstance(data, DataSet):
+        return data
+    return open_data(data, inputs=source.inputs, samples=samples, seed=seed)
+
+
+def _manifest(stage: Path, source: Artifact, artifact: Artifact, report: dict, command) -> dict:
+    from torchship.loaded import LoadedModel
+    from torchship.manifest import build_manifest
+
+    described = LoadedModel(
+        module=None,  # type: ignore[arg-type]  # the manifest needs only I/O and provenance
+        inputs=source.inputs,
+        outputs=source.outputs,
+        source=str(source.path),
+        weights_sha256=source.sha256,
+        example={"_": np.zeros(1)},
+    )
+    extra = {
+        "quantization": {k: report.get(k) for k in ("mode", "preset", "method", "fallback")},
+    }
+    if "calibration" in report:
+        extra["calibration"] = report["calibration"]
+    metrics = {k: report.get(k) for k in ("accuracy", "parity", "timing", "op_counts")}
+    gates = {"accuracy_budget": report["fallback"]["passed"], "passed": report["passed"]}
+    return build_manifest(
+        stage, model=described, artifacts=[artifact], command=command, metrics=metrics,
+        gates=gates, extra=extra,
+    )  # fmt: skip

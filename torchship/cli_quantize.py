@@ -1,0 +1,113 @@
+"""`torchship quantize MODEL.onnx`: static/dynamic INT8 or FP16 with an accuracy budget."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+
+from torchship.errors import EXIT_CHECK_FAILED, EXIT_OK
+
+__all__ = ["register"]
+
+
+def register(commands) -> None:
+    from torchship.calibration.calibrators import METHODS
+    from torchship.calibration.presets import PRESETS
+
+    p = commands.add_parser(
+        "quantize", help="INT8 (static/dynamic) or FP16 through ONNX Runtime, accuracy-checked"
+    )
+    p.add_argument("model", metavar="MODEL.onnx", help="the FP32 ONNX model")
+    p.add_argument(
+        "--calib", metavar="DATA", help=".npz/.npy, a directory of them, or module:function"
+    )
+    p.add_argument(
+        "--target",
+        default="auto",
+        help=f"preset: auto, {', '.join(PRESETS.names())} (default: auto, from CPU/GPU facts)",
+    )
+    p.add_argument("--method", default="minmax", help=f"calibration: {', '.join(METHODS.names())}")
+    p.add_argument("--mode", default="static", help="static | dynamic (dynamic needs no --calib)")
+    p.add_argument("--precision", default="int8", help="int8 | fp16")
+    p.add_argument("--eval", metavar="DATA", help="eval data (.npz; with `labels` for top-1/top-5)")
+    p.add_argument(
+        "--max-drop",
+        type=float,
+        default=1.0,
+        metavar="PCT",
+        help="allowed top-1 drop in percentage points (default 1.0)",
+    )
+    p.add_argument("--samples", type=int, default=None, help="calibration samples (seeded subset)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --samples subset")
+    p.add_argument("--max-fp32-nodes", type=int, default=None, help="cap on fallback nodes")
+    p.add_argument("--no-bench", action="store_true", help="skip the FP32-vs-quantized timing")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads for eval/timing")
+    p.add_argument("--json", metavar="OUT", help="write the report as JSON ('-': stdout)")
+    p.add_argument("-o", "--output", default=None, help="output directory or .onnx file")
+    p.set_defaults(handler=_quantize)
+
+
+def _quantize(args: argparse.Namespace, *, console: Console, argv) -> int:
+    from torchship.calibration import QuantizeOptions, quantize
+    from torchship.cli import dump_json
+    from torchship.commands import progress
+
+    options = QuantizeOptions(
+        target=args.target,
+        method=args.method,
+        mode=args.mode,
+        precision=args.precision,
+        max_drop=args.max_drop,
+        samples=args.samples,
+        seed=args.seed,
+        max_excluded=args.max_fp32_nodes,
+        bench=not args.no_bench,
+        threads=args.threads,
+    )
+    with progress(console) as step:
+        step(f"quantizing {args.model}")
+        result = quantize(
+            args.model,
+            args.output,
+            calib=args.calib,
+            eval_data=args.eval,
+            options=options,
+            command=argv,
+        )
+    if args.json:
+        dump_json(args.json, result.report, console)
+    if args.json != "-":
+        _print_summary(console, result)
+    return EXIT_OK if result.passed else EXIT_CHECK_FAILED
+
+
+def _print_summary(console: Console, result) -> None:
+    report = result.report
+    accuracy, counts = report["accuracy"], report["op_counts"]
+    preset = (report.get("preset") or {}).get("name")
+    console.print(
+        f"{result.artifact.path}  {report['mode']}"
+        + (f"  preset {preset}, method {report['method']}" if preset else "")
+    )
+    console.print(
+        f"accuracy: drop {accuracy['drop']:.2f} points (max {accuracy['max_drop']:g}), "
+        f"agreement {100 * accuracy['agreement']:.2f}%, {accuracy['samples']} samples"
+    )
+    excluded = report["fallback"]["excluded_nodes"]
+    if excluded:
+        console.print(f"kept in FP32: {', '.join(excluded)}")
+    console.print(
+        f"ops after ORT optimization: {counts['integer_ops']} integer, {counts['qdq_left']} Q/DQ "
+        f"left, {counts['float_compute_ops']} float compute"
+    )
+    timing = report.get("timing")
+    if timing:
+        console.print(
+            f"p50 {timing['p50_ms']:.3f} ms vs FP32 {timing['fp32_p50_ms']:.3f} ms "
+            f"(batch {timing['batch']}): {timing['speedup']:.2f}x"
+        )
+    for warning in result.warnings:
+        console.print(f"[bold yellow]warning:[/] {warning}")
+    verdict = "[green]pass[/]" if result.passed else "[bold red]FAIL[/] (artifact kept, marked)"
+    console.print(f"result: {verdict}; manifest: {result.manifest_path}")
