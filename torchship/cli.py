@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 
 from torchship.errors import EXIT_CHECK_FAILED, EXIT_OK, ToolchainError
 
@@ -50,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ToolchainError as exc:
         if args.debug:
             errors.print_exception()
-        errors.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+        # escape: messages name TOML tables like [model], which rich would read as markup
+        errors.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         errors.print("interrupted; no partial output was kept")

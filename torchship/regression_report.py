@@ -130,8 +130,7 @@ def compare_documents(
 def _rows_by_key(document: Mapping[str, Any]) -> dict[tuple[str, ...], Mapping[str, Any]]:
     results = document.get("results", [])
     short = [
-        (str(r["runtime"]), str(r.get("precision", "fp32")), f"batch {r['batch']}")
-        for r in results
+        (str(r["runtime"]), str(r.get("precision", "fp32")), f"batch {r['batch']}") for r in results
     ]
     unique = len(set(short)) == len(short)
     keyed = {}

@@ -110,7 +110,7 @@ def test_parity_failure_exits_1_naming_the_tensor_and_keeps_nothing(models, tmp_
             "runtime 'ort-cuda' is not available",
         ),
         (["bench", "{tmp}/m.onnx", "--batch", "0"], 2, "--batch '0': values must be >= 1"),
-        (["ship", "pipeline.toml"], 2, "pipeline files are not supported yet"),
+        (["ship", "{tmp}/pipeline.toml"], 2, "cannot read the pipeline file"),
     ],
 )
 def test_bad_input_exit_codes(models, tmp_path, capsys, argv, code, message):

@@ -1,0 +1,154 @@
+"""`torchship ship pipeline.toml`: the bundle, its atomicity, determinism and failed gates."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+import torchship.bundle
+from torchship.bundle import run_pipeline
+from torchship.cli import main
+from torchship.errors import ConfigError
+from torchship.files import sha256_file
+from torchship.pipeline import load_pipeline
+
+BUNDLE_FILES = {
+    "model.onnx", "model.ts", "reference_inputs.json", "reference_outputs.json", "bench.json",
+    "report.json", "report.md", "junit.xml", "manifest.json",
+}  # fmt: skip
+
+
+def test_bundle_holds_everything(demo_bundle):
+    assert demo_bundle.name == "demo-1.0"
+    assert BUNDLE_FILES <= {p.name for p in demo_bundle.iterdir()}
+    manifest = json.loads((demo_bundle / "manifest.json").read_text())
+    assert manifest["status"] == "passed"
+    assert manifest["gates"]["max_accuracy_drop"]["passed"] is True
+    assert {a["file"] for a in manifest["artifacts"]} == {"model.onnx", "model.ts"}
+    assert manifest["pipeline"]["bench"]["batches"] == [8]
+    bench = json.loads((demo_bundle / "bench.json").read_text())
+    assert {r["artifact"] for r in bench["results"]} == {"<eager>", "model.onnx", "model.ts"}
+    assert "# demo 1.0: PASSED" in (demo_bundle / "report.md").read_text()
+    assert ET.parse(demo_bundle / "junit.xml").getroot().get("failures") == "0"
+    assert not [p for p in demo_bundle.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_failed_gate_writes_a_bundle_marked_failed(demo_bundle, tmp_path, capsys, pipeline_file):
+    from torchship.baselines import save_baseline
+
+    save_baseline(json.loads((demo_bundle / "bench.json").read_text()), "main", root=tmp_path / "b")
+    gates = 'max_p90_ms = 0.000001\nbaseline = "main"\nbaseline_dir = "b"\nthreshold_pct = 900'
+    path = pipeline_file(tmp_path, extra_gates=gates)
+    assert main(["ship", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert "gate max_p90_ms failed: worst p90" in captured.err
+    bundle = tmp_path / "dist" / "demo-1.0"
+    assert json.loads((bundle / "manifest.json").read_text())["status"] == "failed"
+    assert "FAILED" in (bundle / "report.md").read_text()
+    assert ET.parse(bundle / "junit.xml").getroot().get("failures") == "1"
+    gates = json.loads((bundle / "report.json").read_text())["gates"]
+    assert {g["name"]: g["passed"] for g in gates} == {
+        "max_accuracy_drop": True,
+        "max_p90_ms": False,
+        "baseline": True,
+    }
+    # determinism: the same model and export settings give a byte-identical ONNX file
+    assert sha256_file(bundle / "model.onnx") == sha256_file(demo_bundle / "model.onnx")
+
+
+@pytest.mark.slow
+def test_dynamo_export_is_deterministic_too(tmp_path, pipeline_file):
+    digests = {
+        sha256_file(
+            run_pipeline(load_pipeline(pipeline_file(tmp_path / run, legacy=False))).bundle
+            / "model.onnx"
+        )
+        for run in ("first", "second")
+    }
+    assert len(digests) == 1
+
+
+def test_missing_baseline_stops_before_a_bundle(tmp_path, pipeline_file):
+    path = pipeline_file(tmp_path, extra_gates='baseline = "nope"\nbaseline_dir = "b"')
+    with pytest.raises(ConfigError, match="no baseline named 'nope'"):
+        run_pipeline(load_pipeline(path))
+    assert not (tmp_path / "dist" / "demo-1.0").exists()
+
+
+@pytest.mark.parametrize(
+    ("step", "interrupt"), [("_write_manifest", KeyboardInterrupt), ("_measure", RuntimeError)]
+)
+def test_interrupted_ship_leaves_no_complete_looking_bundle(
+    tmp_path, pipeline_file, monkeypatch, step, interrupt
+):
+    path = pipeline_file(tmp_path)
+
+    def crash(*args, **kwargs):
+        raise interrupt("simulated crash")
+
+    monkeypatch.setattr(torchship.bundle, step, crash)
+    with pytest.raises(interrupt, match="simulated crash"):
+        run_pipeline(load_pipeline(path))
+    dist = tmp_path / "dist"
+    assert not (dist / "demo-1.0").exists()
+    assert list(dist.iterdir()) == []  # the staging folder is gone too
+
+
+def test_interrupted_rerun_keeps_the_previous_bundle(demo_bundle, tmp_path, monkeypatch):
+    import shutil
+
+    config = load_pipeline(demo_bundle.parent.parent / "pipeline.toml")
+    before = sha256_file(demo_bundle / "manifest.json")
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(demo_bundle, snapshot)
+    monkeypatch.setattr(torchship.bundle, "_measure", _raise_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(config)
+    assert sha256_file(demo_bundle / "manifest.json") == before
+    assert sorted(p.name for p in demo_bundle.iterdir()) == sorted(
+        p.name for p in snapshot.iterdir()
+    )
+
+
+def _raise_interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+def test_pruned_distilled_pipeline_ships_smaller_weights(tmp_path, pipeline_file):
+    """[prune] with train data distills; the eager row stays the unpruned model; [engines]
+    without TensorRT is skipped, not failed."""
+    import numpy as np
+    import onnx
+
+    from torchship.models import demo_dataset
+
+    images, labels = demo_dataset("train")
+    np.savez(tmp_path / "train.npz", image=images[:512], labels=labels[:512])
+    extra = '\n[prune]\nratio = 0.5\ntrain = "train.npz"\nepochs = 1\n\n[engines]\n'
+    extra += 'precisions = ["fp16"]\n'
+    path = pipeline_file(tmp_path)
+    path.write_text(path.read_text().replace("\n[bench]", extra + "\n[bench]"))
+    result = run_pipeline(load_pipeline(path))
+    manifest = json.loads((result.bundle / "manifest.json").read_text())
+    pruning = manifest["pruning"]
+    assert pruning["pruning"]["params"]["after"] < pruning["pruning"]["params"]["before"]
+    assert pruning["training"]["epochs"] == 1
+    weights = onnx.load(result.bundle / "model.onnx").graph.initializer
+    # the exported graph is physically smaller: its weights add up to the pruned count
+    assert sum(int(np.prod(w.dims)) for w in weights) <= pruning["pruning"]["params"]["after"]
+    eager = next(r for r in result.rows if r["format"] == "eager")
+    assert eager["accuracy"] > 0.99  # the unpruned reference
+    assert not (result.bundle / "engines").exists()
+    assert main(["verify", str(result.bundle)]) == 0
+
+
+def test_engines_int8_needs_the_tensorrt_preset(tmp_path, pipeline_file):
+    extra = '\n[engines]\nprecisions = ["int8"]\n'
+    path = pipeline_file(tmp_path)
+    path.write_text(path.read_text().replace("\n[bench]", extra + "\n[bench]"))
+    with pytest.raises(ConfigError, match='presets = \\["tensorrt"\\]'):
+        run_pipeline(load_pipeline(path))
+    assert not (tmp_path / "dist" / "demo-1.0").exists()

@@ -1,0 +1,442 @@
+"""Run a `pipeline.toml` and write the release bundle `<output>/<name>-<version>/`.
+
+The bundle holds every artifact, the reference I/O, `bench.json`, `report.json`, `report.md`,
+`junit.xml`, `latency.png` (when matplotlib is installed) and `manifest.json` with
+`"status": "passed" | "failed"`. It is built in a hidden staging folder and renamed into place
+only when complete, so an interrupted run leaves no bundle that looks finished. A failed gate
+still writes the bundle (marked failed); the caller turns that into exit 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from torchship.artifact import Artifact, Format, Precision
+from torchship.errors import CalibrationError, CheckFailedError, ConfigError
+from torchship.files import atomic_dir, atomic_write_json, atomic_write_text, sha256_file
+from torchship.pipeline import PipelineConfig, step_function
+
+__all__ = ["GateResult", "PipelineResult", "run_pipeline", "require_pipeline"]
+
+log = logging.getLogger(__name__)
+_EVAL_BATCH = 50
+
+
+@dataclass(frozen=True)
+class GateResult:
+    name: str
+    passed: bool
+    detail: str
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "passed": self.passed, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    bundle: Path
+    gates: tuple[GateResult, ...]
+    rows: tuple[dict, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+    def to_dict(self) -> dict:
+        return {
+            "bundle": str(self.bundle),
+            "status": "passed" if self.passed else "failed",
+            "gates": [g.to_dict() for g in self.gates],
+            "rows": list(self.rows),
+        }
+
+
+def require_pipeline(result: PipelineResult) -> PipelineResult:
+    """Raise CheckFailedError naming the first failed gate (the bundle is already written)."""
+    failed = [g for g in result.gates if not g.passed]
+    if failed:
+        raise CheckFailedError(
+            f"gate {failed[0].name} failed: {failed[0].detail}; bundle {result.bundle} is "
+            "marked failed"
+        )
+    return result
+
+
+def run_pipeline(
+    config: PipelineConfig,
+    *,
+    command: Sequence[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> PipelineResult:
+    """Every step of `config`, then the gates; writes the bundle atomically and returns it."""
+    from torchship.api import save_references
+    from torchship.exporter import ExportOptions, export_model, require_parity
+
+    step = progress or (lambda message: None)
+    baseline = _load_baseline(config)  # a missing baseline fails before any work
+    original = _load(config)
+    model, pruning = _prune(config, original, step) if config.prune else (original, None)
+    with atomic_dir(config.bundle_dir) as stage:
+        step("exporting " + ", ".join(config.export.formats))
+        dynamo = False if config.export.legacy_onnx else None
+        options = ExportOptions(opset=config.export.opset, dynamo=dynamo)
+        artifacts = export_model(model, stage, formats=config.export.formats, options=options)
+        parity = {}
+        for artifact in artifacts:
+            step(f"checking {artifact.path.name} against eager PyTorch")
+            parity[artifact.path.name] = require_parity(model, artifact).to_dict()
+        save_references(model, stage)
+        quantized = _quantized(config, artifacts, stage, step)
+        engines = _engines(config, artifacts, quantized, stage, step)
+        _save_own_references(quantized + engines, stage)
+        artifacts += quantized + engines
+        # the unpruned eager model is the reference row: pruning's cost shows in drop and speedup
+        rows, document = _measure(config, original, artifacts, stage, step)
+        gates = _gates(config, rows, document, baseline)
+        result = PipelineResult(config.bundle_dir, tuple(gates), tuple(rows))
+        _write_reports(stage, config, result, document)
+        _write_manifest(stage, config, model, artifacts, result, parity, command, pruning)
+        _make_readable(stage)
+    log.info("bundle %s: %s", config.bundle_dir, "passed" if result.passed else "failed")
+    return result
+
+
+def _make_readable(stage: Path) -> None:
+    # mkdtemp/mkstemp create 0700/0600 entries; a release bundle is read by other users.
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [stage, *stage.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def _load(config: PipelineConfig):
+    from torchship.sources import load_model
+    from torchship.specs import apply_dynamic_flags, parse_input_flag
+
+    specs = [parse_input_flag(text) for text in config.model.inputs]
+    specs = apply_dynamic_flags(
+        specs, dynamic_batch=config.model.dynamic_batch, dynamic=list(config.model.dynamic)
+    )
+    weights = config.resolve(config.model.weights)
+    source = config.model.source
+    if ":" not in source and source != "demo":
+        source = str(config.resolve(source))
+    return load_model(source, inputs=specs or None, weights=weights)
+
+
+def _prune(config: PipelineConfig, model, step):
+    """(pruned model, pruning report); distilled from `model` when [prune] names train data."""
+    from torchship.cli_prune import load_npz
+    from torchship.exporter.prune_distill import DistillConfig
+    from torchship.exporter.pruning import PruneConfig
+
+    section = config.prune
+    prune = step_function("prune")
+    train_path = config.resolve(section.train)
+    train = load_npz(str(train_path), flag="[prune] train") if train_path else None
+    distill = train is not None and section.epochs > 0
+    recovery = DistillConfig(epochs=section.epochs, seed=0) if distill else None
+    outcome = prune(
+        model, config=PruneConfig(ratio=section.ratio, importance=section.importance),
+        train=train, recovery=recovery, progress=step,
+    )  # fmt: skip
+    return outcome.model, outcome.to_dict()
+
+
+def _engines(config: PipelineConfig, artifacts, quantized, stage: Path, step) -> list[Artifact]:
+    """TensorRT engines when TensorRT and a GPU are here; [] (logged) otherwise."""
+    if config.engines is None:
+        return []
+    ship_engines = step_function("engines")
+    onnx = next((a for a in artifacts if a.format is Format.ONNX), None)
+    if onnx is None:
+        raise ConfigError('[engines] needs "onnx" in [export] formats')
+    precisions = [Precision(p) for p in config.engines.precisions]
+    int8_onnx = next((a for a in quantized if a.path.parent.name == "int8-tensorrt"), None)
+    if Precision.INT8 in precisions and int8_onnx is None:
+        raise ConfigError('[engines] int8 builds from [quantize] presets = ["tensorrt"]; add it')
+    step("building TensorRT engines: " + ", ".join(p.value for p in precisions))
+    return ship_engines(
+        onnx, stage / "engines", precisions=[p for p in precisions if p is not Precision.INT8],
+        int8_onnx=int8_onnx if Precision.INT8 in precisions else None,
+    )  # fmt: skip
+
+
+def _quantized(config: PipelineConfig, artifacts, stage: Path, step) -> list[Artifact]:
+    if config.quantize is None:
+        return []
+    from torchship.calibration.quantize import QuantizeOptions
+
+    quantize = step_function("quantize")
+    onnx = next((a for a in artifacts if a.format is Format.ONNX), None)
+    if onnx is None:
+        raise CalibrationError('[quantize] needs "onnx" in [export] formats')
+    out = []
+    for preset in config.quantize.presets:
+        step(f"quantizing {onnx.path.name} with preset {preset}")
+        options = QuantizeOptions(
+            target=preset, method=config.quantize.method, max_drop=config.quantize.max_drop,
+            bench=False,
+        )  # fmt: skip
+        calib = config.resolve(config.quantize.calib)
+        result = quantize(onnx, stage / f"int8-{preset}", calib=calib, options=options)
+        out.append(result.artifact)
+    return out
+
+
+def _save_own_references(artifacts: list[Artifact], stage: Path) -> None:
+    """Reference outputs of each quantized artifact, beside it, for `torchship verify`.
+
+    INT8 outputs on random reference inputs are far from eager (accuracy is judged on real
+    data); what verify must prove is that the shipped file still computes what was shipped.
+    """
+    from torchship.exporter import load_reference, save_reference
+    from torchship.runtimes import default_runtime_for, get_runner
+
+    feeds_list, _ = load_reference(stage)
+    for artifact in artifacts:
+        with get_runner(default_runtime_for(artifact.format))(artifact) as runner:
+            outputs = [runner.infer(feeds) for feeds in feeds_list]
+        save_reference(artifact.path.parent, feeds_list=feeds_list, outputs_list=outputs)
+
+
+def _measure(config: PipelineConfig, model, artifacts, stage: Path, step):
+    from torchship.runtimes import BenchConfig, bench_document, bench_runner, default_runtime_for
+
+    bench = config.bench
+    bench_config = BenchConfig(
+        batches=bench.batches, min_time_s=bench.min_time_s, warmup=bench.warmup,
+        threads=bench.threads,
+    )  # fmt: skip
+    data = _eval_data(config, model)
+    eager = model.eager()
+    rows, results = [], []
+    for artifact in [eager, *artifacts]:
+        runtimes = [r for r in bench.runtimes if _runs(r, artifact)] or [
+            default_runtime_for(artifact.format)
+        ]
+        for runtime in runtimes:
+            label = "eager" if artifact.format is Format.EAGER else _rel(artifact, stage)
+            step(f"accuracy and latency of {label} on {runtime}")
+            accuracy = _accuracy(runtime, artifact, data) if data else None
+            for batch in bench.batches:
+                result = bench_runner(runtime, artifact, config=bench_config, batch=batch)
+                results.append(result)
+                rows.append(_row(label, artifact, runtime, batch, accuracy, result))
+    _add_speedups(rows)
+    document = bench_document(results)
+    for entry in document["results"]:
+        if entry["artifact"] != "<eager>":
+            entry["artifact"] = Path(entry["artifact"]).relative_to(stage).as_posix()
+    atomic_write_json(stage / "bench.json", document)
+    return rows, document
+
+
+def _runs(runtime: str, artifact: Artifact) -> bool:
+    from torchship.runtimes.base import get_runner
+
+    return artifact.format in get_runner(runtime).formats
+
+
+def _rel(artifact: Artifact, stage: Path) -> str:
+    return _rel_path(artifact.path, stage)
+
+
+def _rel_path(path: Path, stage: Path) -> str:
+    return path.relative_to(stage).as_posix()
+
+
+def _row(label, artifact, runtime, batch, accuracy, result) -> dict:
+    return {
+        "artifact": label,
+        "format": artifact.format.value,
+        "runtime": runtime,
+        "precision": artifact.precision.value,
+        "batch": batch,
+        "accuracy": accuracy,
+        "p50_ms": result.latency_ms["p50"],
+        "p90_ms": result.latency_ms["p90"],
+    }
+
+
+def _add_speedups(rows: list[dict]) -> None:
+    eager = {r["batch"]: r["p50_ms"] for r in rows if r["format"] == Format.EAGER.value}
+    for row in rows:
+        row["speedup_vs_eager"] = round(eager[row["batch"]] / row["p50_ms"], 4)
+
+
+def _eval_data(config: PipelineConfig, model) -> tuple[dict, np.ndarray] | None:
+    if config.model.eval is None and config.model.source == "demo":
+        from torchship.models import demo_dataset
+
+        images, labels = demo_dataset("test")
+        return {model.inputs[0].name: images}, labels
+    path = config.resolve(config.model.eval)
+    if path is None:
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise CalibrationError(f"{path}: cannot read eval data ({exc})") from None
+    missing = [s.name for s in model.inputs if s.name not in arrays] + (
+        [] if "labels" in arrays else ["labels"]
+    )
+    if missing:
+        raise CalibrationError(
+            f"{path}: missing arrays {', '.join(missing)}; found {sorted(arrays)}"
+        )
+    return {s.name: arrays[s.name] for s in model.inputs}, arrays["labels"]
+
+
+def _accuracy(runtime: str, artifact: Artifact, data) -> float:
+    from torchship.models import top1_accuracy
+    from torchship.runtimes import get_runner
+
+    feeds, labels = data
+    logits = []
+    with get_runner(runtime)(artifact) as runner:
+        for start in range(0, len(labels), _EVAL_BATCH):
+            batch = {k: v[start : start + _EVAL_BATCH] for k, v in feeds.items()}
+            logits.append(next(iter(runner.infer(batch).values())))
+    return top1_accuracy(np.concatenate(logits), labels)
+
+
+def _gates(
+    config: PipelineConfig, rows: list[dict], document: dict, baseline: dict | None
+) -> list[GateResult]:
+    gates = config.gates
+    out = []
+    if gates.max_accuracy_drop is not None:
+        out.append(_accuracy_gate(rows, gates.max_accuracy_drop))
+    if gates.max_p90_ms is not None:
+        worst = max(rows[1:] or rows, key=lambda r: r["p90_ms"])
+        detail = f"worst p90 {worst['p90_ms']:.3f} ms ({worst['artifact']} on {worst['runtime']})"
+        out.append(GateResult("max_p90_ms", worst["p90_ms"] <= gates.max_p90_ms, detail))
+    if gates.min_speedup is not None:
+        best = max(rows[1:] or rows, key=lambda r: r["speedup_vs_eager"])
+        detail = f"best speedup {best['speedup_vs_eager']:.2f}x ({best['artifact']})"
+        out.append(GateResult("min_speedup", best["speedup_vs_eager"] >= gates.min_speedup, detail))
+    if baseline is not None:
+        out.append(_baseline_gate(config, document, baseline))
+    return out
+
+
+def _accuracy_gate(rows: list[dict], max_drop: float) -> GateResult:
+    reference = next((r["accuracy"] for r in rows if r["format"] == "eager"), None)
+    scored = [r for r in rows if r["format"] != "eager" and r["accuracy"] is not None]
+    if reference is None or not scored:
+        return GateResult("max_accuracy_drop", False, "no eval data to measure accuracy with")
+    worst = min(scored, key=lambda r: r["accuracy"])
+    drop = (reference - worst["accuracy"]) * 100
+    detail = f"largest drop {drop:.2f} points ({worst['artifact']}), budget {max_drop:g}"
+    return GateResult("max_accuracy_drop", drop <= max_drop, detail)
+
+
+def _load_baseline(config: PipelineConfig) -> dict | None:
+    from torchship.baselines import load_baseline
+
+    gates = config.gates
+    if gates.baseline is None:
+        return None
+    return load_baseline(gates.baseline, root=config.resolve(gates.baseline_dir))
+
+
+def _baseline_gate(config: PipelineConfig, document: dict, baseline: dict) -> GateResult:
+    from torchship.regression import CompareConfig
+    from torchship.regression_report import compare_documents
+
+    gates = config.gates
+    result = compare_documents(
+        baseline, document, config=CompareConfig(threshold_pct=gates.threshold_pct)
+    )
+    slower = ", ".join(r.label for r in result.regressions)
+    detail = f"slower than baseline {gates.baseline!r}: {slower}" if slower else "no regression"
+    return GateResult("baseline", result.passed, detail)
+
+
+def _write_reports(stage: Path, config: PipelineConfig, result: PipelineResult, document) -> None:
+    atomic_write_json(stage / "report.json", {**result.to_dict(), "bundle": config.bundle_dir.name})
+    atomic_write_text(stage / "report.md", _markdown(config, result))
+    atomic_write_text(stage / "junit.xml", _junit(config, result))
+    _plot(stage / "latency.png", result.rows)
+
+
+def _markdown(config: PipelineConfig, result: PipelineResult) -> str:
+    status = "PASSED" if result.passed else "FAILED"
+    lines = [f"# {config.name} {config.version}: {status}", "", "## Gates", ""]
+    lines += [f"- {'pass' if g.passed else 'FAIL'} `{g.name}`: {g.detail}" for g in result.gates]
+    lines += ["", "## Artifacts", "", "| artifact | runtime | precision | batch | accuracy | "
+              "p50 ms | p90 ms | speedup |", "|---|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in result.rows:
+        accuracy = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.2f}%"
+        lines.append(
+            f"| {r['artifact']} | {r['runtime']} | {r['precision']} | {r['batch']} | {accuracy} "
+            f"| {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | {r['speedup_vs_eager']:.2f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _junit(config: PipelineConfig, result: PipelineResult) -> str:
+    suite = f"torchship.ship.{config.name}"
+    failed = [g for g in result.gates if not g.passed]
+    root = ET.Element(
+        "testsuite", name=suite, tests=str(len(result.gates)), failures=str(len(failed))
+    )
+    for gate in result.gates:
+        case = ET.SubElement(root, "testcase", classname=suite, name=gate.name)
+        if not gate.passed:
+            ET.SubElement(case, "failure", message=gate.detail).text = gate.detail
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def _plot(path: Path, rows: Sequence[dict]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.info("matplotlib is not installed; no latency plot in the bundle")
+        return
+    figure, axes = plt.subplots(figsize=(7, 0.4 * len(rows) + 1.5))
+    labels = [f"{r['artifact']} / {r['runtime']} / b{r['batch']}" for r in rows]
+    axes.barh(labels, [r["p50_ms"] for r in rows])
+    axes.set_xlabel("p50 latency (ms)")
+    figure.tight_layout()
+    figure.savefig(path, metadata={"Software": None})
+    plt.close(figure)
+
+
+def _write_manifest(stage, config, model, artifacts, result, parity, command, pruning) -> None:
+    from torchship.manifest import MANIFEST_NAME, build_manifest, write_manifest
+
+    manifest = build_manifest(
+        stage,
+        model=model,
+        artifacts=artifacts,
+        command=command,
+        metrics={"parity": parity, "rows": list(result.rows)},
+        gates={g.name: g.to_dict() for g in result.gates},
+        extra={
+            "status": "passed" if result.passed else "failed",
+            "pipeline": config.to_dict(),
+            "pruning": pruning,
+        },
+    )
+    for entry, artifact in zip(manifest["artifacts"], artifacts, strict=True):
+        entry["file"] = _rel(artifact, stage)
+    # build_manifest skips every manifest.json; the steps' own (e.g. int8-*/) belong to the bundle
+    for path in sorted(stage.glob(f"*/**/{MANIFEST_NAME}")):
+        manifest["files"].append(
+            {"path": _rel_path(path, stage), "sha256": sha256_file(path),
+             "size_bytes": path.stat().st_size}
+        )  # fmt: skip
+    write_manifest(stage, manifest)

@@ -1,0 +1,149 @@
+"""pytest plugin (entry point `pytest11`): latency budgets and regression checks in a test suite.
+
+```python
+@pytest.mark.latency
+def test_model_is_fast_enough(torchship_latency):
+    torchship_latency.assert_budget("dist/model.onnx", p90_ms=20, batch=8)
+    torchship_latency.assert_no_regression("dist/model.onnx", baseline="main", batch=8)
+```
+
+The same statistics as `torchship compare`; a test skips (not fails) when the runtime it needs
+is not available here. Options: `--torchship-min-time S` (timed seconds per measurement),
+`--torchship-baselines DIR` (where `bench --save-baseline` filed the baselines).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+__all__ = ["LatencyChecker"]
+
+
+class LatencyChecker:
+    """What the `torchship_latency` fixture returns."""
+
+    def __init__(self, *, min_time_s: float, baselines: str | None) -> None:
+        self.min_time_s = min_time_s
+        self.baselines = baselines
+
+    def measure(
+        self,
+        artifact: str | Path,
+        *,
+        runtime: str | None = None,
+        batch: int | None = None,
+        inputs: Sequence[Any] | None = None,
+        threads: int | None = None,
+    ):
+        """Benchmark one artifact; skips the test when its runtime is unavailable here."""
+        from torchship.artifact import Artifact
+        from torchship.errors import BackendUnavailableError
+        from torchship.runtimes import BenchConfig, bench_runner, default_runtime_for
+        from torchship.runtimes.base import get_runner
+
+        opened = Artifact.open(artifact, inputs=inputs)
+        runtime = runtime or default_runtime_for(opened.format)
+        reason = get_runner(runtime).unavailable_reason()
+        if reason is not None:
+            pytest.skip(f"runtime {runtime} is not available: {reason}")
+        batch = batch or (opened.inputs[0].shape[0] if opened.inputs[0].shape else 1)
+        config = BenchConfig(batches=(batch,), min_time_s=self.min_time_s, threads=threads)
+        try:
+            return bench_runner(runtime, opened, config=config, batch=batch)
+        except BackendUnavailableError as exc:
+            pytest.skip(str(exc))
+
+    def assert_budget(
+        self,
+        artifact: str | Path,
+        *,
+        p50_ms: float | None = None,
+        p90_ms: float | None = None,
+        p99_ms: float | None = None,
+        **options: Any,
+    ):
+        """Fail when a latency percentile is over its budget (ms). Returns the BenchResult."""
+        budgets = {"p50": p50_ms, "p90": p90_ms, "p99": p99_ms}
+        if all(v is None for v in budgets.values()):
+            raise ValueError("give at least one of p50_ms, p90_ms, p99_ms")
+        result = self.measure(artifact, **options)
+        over = [
+            f"{name} {result.latency_ms[name]:.3f} ms > budget {limit:g} ms"
+            for name, limit in budgets.items()
+            if limit is not None and result.latency_ms[name] > limit
+        ]
+        if over:
+            pytest.fail(f"{Path(artifact).name} on {result.runtime}: " + "; ".join(over))
+        return result
+
+    def assert_no_regression(
+        self,
+        artifact: str | Path,
+        *,
+        baseline: str | Path,
+        threshold_pct: float = 5.0,
+        **options: Any,
+    ):
+        """Fail when the artifact is slower than the matching row of a stored baseline."""
+        from torchship.baselines import load_baseline
+        from torchship.regression import CompareConfig, compare_samples
+
+        result = self.measure(artifact, **options)
+        document = load_baseline(baseline, root=self.baselines)
+        row = _matching_row(document, result)
+        if row is None:
+            pytest.fail(
+                f"baseline {baseline}: no row for {result.runtime}/{result.precision}/batch "
+                f"{result.batch}"
+            )
+        config = CompareConfig(threshold_pct=threshold_pct)
+        comparison = compare_samples(row["samples_ms"], result.samples_ms, config=config)
+        if comparison.regressed:
+            pytest.fail(
+                f"{Path(artifact).name} on {result.runtime} is slower than baseline {baseline}: "
+                f"p50 {comparison.baseline_p50:.3f} -> {comparison.candidate_p50:.3f} ms "
+                f"({comparison.change_pct:+.1f}%, CI {comparison.ci_low:.3f}-"
+                f"{comparison.ci_high:.3f}, threshold {threshold_pct:g}%)"
+            )
+        return comparison
+
+
+def _matching_row(document: dict, result) -> dict | None:
+    for row in document.get("results", []):
+        same = (row.get("runtime"), row.get("precision", "fp32"), row.get("batch")) == (
+            result.runtime,
+            result.precision,
+            result.batch,
+        )
+        if same:
+            return row
+    return None
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("torchship", "torchship latency checks")
+    group.addoption(
+        "--torchship-min-time", type=float, default=0.5, metavar="S",
+        help="timed seconds per latency measurement (default 0.5)",
+    )  # fmt: skip
+    group.addoption(
+        "--torchship-baselines", default=None, metavar="DIR",
+        help="baselines folder (default $TORCHSHIP_BASELINES or .torchship/baselines)",
+    )  # fmt: skip
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "latency: a torchship latency budget or regression test")
+
+
+@pytest.fixture
+def torchship_latency(request: pytest.FixtureRequest) -> LatencyChecker:
+    """Measure artifacts and assert budgets / no regression vs a stored baseline."""
+    return LatencyChecker(
+        min_time_s=request.config.getoption("--torchship-min-time"),
+        baselines=request.config.getoption("--torchship-baselines"),
+    )

@@ -1,0 +1,199 @@
+"""`torchship verify BUNDLE`: prove a bundle is what its manifest says it is.
+
+Three checks, in order: every file listed in `manifest.json` exists with its size and sha256; no
+file was added beside them; every artifact loads in its runtime and reproduces the stored
+reference outputs (`reference_inputs.json` / `reference_outputs.json`) within the tolerance
+profile of its precision.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torchship.artifact import Artifact, Format, Precision
+from torchship.errors import BackendUnavailableError, CheckFailedError, ConfigError
+from torchship.files import sha256_file
+from torchship.manifest import MANIFEST_NAME, read_manifest
+from torchship.specs import InputSpec
+
+__all__ = ["VerifyCheck", "VerifyReport", "verify_bundle", "require_verified"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VerifyCheck:
+    """One check on one file: `status` is "ok", "failed" or "skipped"."""
+
+    path: str
+    check: str
+    status: str
+    detail: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "path": self.path,
+            "check": self.check,
+            "status": self.status,
+            "detail": self.detail,
+        }
+
+
+@dataclass
+class VerifyReport:
+    bundle: Path
+    checks: list[VerifyCheck] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[VerifyCheck]:
+        return [c for c in self.checks if c.status == "failed"]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def message(self) -> str:
+        if self.passed:
+            counted = sum(1 for c in self.checks if c.status == "ok")
+            return f"{self.bundle}: verified ({counted} checks passed)"
+        first = self.failures[0]
+        return f"{self.bundle}/{first.path}: {first.check} failed: {first.detail}"
+
+    def to_dict(self) -> dict:
+        return {
+            "bundle": str(self.bundle),
+            "passed": self.passed,
+            "checks": [c.to_dict() for c in self.checks],
+        }
+
+
+def verify_bundle(bundle: str | Path) -> VerifyReport:
+    """Run every check and collect the results; raises only when there is no manifest."""
+    bundle = Path(bundle)
+    if not bundle.is_dir():
+        raise ConfigError(f"{bundle}: not a directory (expected a bundle with {MANIFEST_NAME})")
+    manifest = read_manifest(bundle)
+    report = VerifyReport(bundle)
+    report.checks += _hash_checks(bundle, manifest)
+    if report.passed:  # reloading tampered files proves nothing more
+        report.checks += _parity_checks(bundle, manifest)
+    return report
+
+
+def require_verified(bundle: str | Path) -> VerifyReport:
+    """`verify_bundle`, raising CheckFailedError naming the first bad file."""
+    report = verify_bundle(bundle)
+    if not report.passed:
+        raise CheckFailedError(report.message())
+    return report
+
+
+def _hash_checks(bundle: Path, manifest: dict) -> list[VerifyCheck]:
+    entries = manifest.get("files")
+    if not isinstance(entries, list):
+        raise ConfigError(f"{bundle / MANIFEST_NAME}: 'files' must be a list")
+    checks = [_hash_check(bundle, entry) for entry in entries]
+    listed = {e.get("path") for e in entries}
+    for path in sorted(bundle.rglob("*")):
+        rel = path.relative_to(bundle).as_posix()
+        hidden = any(part.startswith(".") for part in path.relative_to(bundle).parts)
+        if path.is_file() and rel != MANIFEST_NAME and rel not in listed and not hidden:
+            checks.append(VerifyCheck(rel, "listed", "failed", "not listed in the manifest"))
+    return checks
+
+
+def _hash_check(bundle: Path, entry: dict) -> VerifyCheck:
+    rel = str(entry.get("path", "?"))
+    path = bundle / rel
+    if not path.resolve().is_relative_to(bundle.resolve()):
+        return VerifyCheck(rel, "sha256", "failed", "path leaves the bundle")
+    if not path.is_file():
+        return VerifyCheck(rel, "sha256", "failed", "missing (deleted)")
+    size = path.stat().st_size
+    if size != entry.get("size_bytes"):
+        detail = f"size {size} bytes, manifest says {entry.get('size_bytes')} (tampered)"
+        return VerifyCheck(rel, "sha256", "failed", detail)
+    digest = sha256_file(path)
+    if digest != entry.get("sha256"):
+        detail = f"sha256 {digest[:12]}…, manifest says {str(entry.get('sha256'))[:12]}… (tampered)"
+        return VerifyCheck(rel, "sha256", "failed", detail)
+    return VerifyCheck(rel, "sha256", "ok")
+
+
+def _parity_checks(bundle: Path, manifest: dict) -> list[VerifyCheck]:
+    entries = [a for a in manifest.get("artifacts", []) if a.get("format") != Format.EAGER.value]
+    references: dict[Path, tuple] = {}
+    checks = []
+    for entry in entries:
+        folder = _reference_dir(bundle, bundle / str(entry.get("file") or entry.get("path")))
+        if folder not in references:
+            from torchship.exporter import load_reference
+
+            references[folder] = load_reference(folder)
+        checks.append(_artifact_check(bundle, entry, *references[folder]))
+    return checks
+
+
+def _reference_dir(bundle: Path, artifact_path: Path) -> Path:
+    """The artifact's own reference I/O when it has one (quantized artifacts), else the bundle's."""
+    from torchship.exporter.reference import INPUTS_FILE
+
+    own = artifact_path.parent
+    return own if (own / INPUTS_FILE).is_file() else bundle
+
+
+def _artifact_check(bundle: Path, entry: dict, feeds_list, outputs_list) -> VerifyCheck:
+    from torchship.runtimes.base import default_runtime_for, get_runner
+
+    rel = str(entry.get("file") or entry.get("path"))
+    try:
+        artifact = _artifact_from_entry(bundle / rel, entry)
+        runtime = entry.get("runtime") or default_runtime_for(artifact.format)
+        cls = get_runner(runtime)
+        reason = cls.unavailable_reason()
+        if reason is not None:
+            return VerifyCheck(rel, "parity", "skipped", f"runtime {runtime} unavailable: {reason}")
+        with cls(artifact) as runner:
+            for index, (feeds, expected) in enumerate(zip(feeds_list, outputs_list, strict=True)):
+                problem = _compare(artifact, runner.infer(feeds), expected, f"reference #{index}")
+                if problem:
+                    return VerifyCheck(rel, "parity", "failed", problem)
+    except BackendUnavailableError as exc:
+        return VerifyCheck(rel, "parity", "skipped", str(exc))
+    except Exception as exc:  # a swapped file may not even load: that is a failed check
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return VerifyCheck(rel, "parity", "failed", f"cannot run it: {first}")
+    return VerifyCheck(rel, "parity", "ok", f"{len(feeds_list)} reference cases on {runtime}")
+
+
+def _artifact_from_entry(path: Path, entry: dict) -> Artifact:
+    return Artifact.create(
+        path,
+        format=Format(entry["format"]),
+        inputs=[InputSpec.from_dict(d) for d in entry.get("inputs", [])],
+        outputs=list(entry.get("outputs", [])),
+        precision=Precision(entry.get("precision", "fp32")),
+    )
+
+
+def _compare(artifact: Artifact, got: dict, expected: dict, case: str) -> str:
+    from torchship.exporter.parity import compare_arrays
+    from torchship.exporter.tolerance import tolerance_for
+
+    profile = tolerance_for(artifact.precision.value)
+    for name, reference in expected.items():
+        if name not in got:
+            return f"output {name!r} missing on {case}; the artifact returned {sorted(got)}"
+        if got[name].shape != reference.shape:
+            shapes = f"shape {list(got[name].shape)}, stored {list(reference.shape)}"
+            return f"output {name!r} on {case}: {shapes}"
+        result = compare_arrays(case, name, reference, got[name], profile)
+        if not result.passed:
+            return (
+                f"output {name!r} on {case}: max abs err {result.max_abs:.3g}, cosine "
+                f"{result.cosine:.6g} (profile {artifact.precision.value}) — does not match the "
+                "stored reference outputs"
+            )
+    return ""
