@@ -21,7 +21,7 @@ import numpy as np
 from torchship.errors import CalibrationError, ConfigError, ModelLoadError
 from torchship.specs import InputSpec
 
-__all__ = ["LABELS_KEY", "Batch", "DataSet", "open_data"]
+__all__ = ["LABELS_KEY", "Batch", "DataSet", "open_data", "load_arrays"]
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,27 @@ def open_data(
             "or module:function"
         )
     return DataSet(text, chunks, inputs=inputs, batch_size=batch_size)
+
+
+def load_arrays(
+    source: str | Path, *, inputs: Sequence[InputSpec], what: str = "data"
+) -> dict[str, np.ndarray]:
+    """All of `source` in memory, by input name plus `labels` when it has them.
+
+    For training and evaluation sets that are read many times (pruning's fine-tuning epochs);
+    it goes through the same readers and checks as calibration, so every source works.
+    """
+    try:
+        batches = list(open_data(source, inputs=inputs))
+    except CalibrationError as exc:
+        raise CalibrationError(f"{what}: {exc}") from None
+    arrays = {s.name: np.concatenate([b.feeds[s.name] for b in batches]) for s in inputs}
+    labelled = [b.labels is not None for b in batches]
+    if any(labelled) and not all(labelled):
+        raise CalibrationError(f"{what} {source}: some files have `labels` and some do not")
+    if all(labelled):
+        arrays[LABELS_KEY] = np.concatenate([b.labels for b in batches])
+    return arrays
 
 
 # --- sources ----------------------------------------------------------------------------------

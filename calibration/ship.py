@@ -68,6 +68,8 @@ def _with_summary(result) -> Artifact:
         "accuracy": report["accuracy"],
         "calibration": report.get("calibration"),
         "passed": result.passed,
+        #: the FP32 file it came from, relative to the INT8 file's parent folder
+        "source": f"../{report['source']}",
     }
     return replace(result.artifact, details=details)
 

@@ -84,6 +84,23 @@ def save_references(model: LoadedModel, out_dir: Path, *, num_random: int = 2) -
     save_reference(out_dir, feeds_list=feeds, outputs_list=[model.run(f) for f in feeds])
 
 
+def save_own_references(artifacts: Sequence[Artifact], reference_dir: Path) -> None:
+    """Reference outputs of each artifact (INT8, engines), from its own runtime, in its folder.
+
+    The inputs are `reference_dir`'s. INT8 outputs on random inputs are far from eager (accuracy
+    is judged on real data); what `torchship verify` must prove is that the shipped file still
+    computes what was shipped.
+    """
+    from torchship.exporter import load_reference, save_reference
+    from torchship.runtimes import default_runtime_for, get_runner
+
+    feeds_list, _ = load_reference(reference_dir)
+    for artifact in artifacts:
+        with get_runner(default_runtime_for(artifact.format))(artifact) as runner:
+            outputs = [runner.infer(feeds) for feeds in feeds_list]
+        save_reference(artifact.path.parent, feeds_list=feeds_list, outputs_list=outputs)
+
+
 @contextlib.contextmanager
 def staged_output(out_dir: str | Path) -> Iterator[Path]:
     """A staging directory whose files move into `out_dir` only when the block succeeds.

@@ -20,7 +20,7 @@ import numpy as np
 
 from torchship.artifact import Artifact, Format, Precision
 from torchship.errors import CalibrationError, CheckFailedError, ConfigError
-from torchship.files import atomic_dir, atomic_write_json, atomic_write_text, sha256_file
+from torchship.files import atomic_dir, atomic_write_json, atomic_write_text
 from torchship.pipeline import PipelineConfig, step_function
 
 __all__ = ["GateResult", "PipelineResult", "run_pipeline", "require_pipeline"]
@@ -76,7 +76,7 @@ def run_pipeline(
     progress: Callable[[str], None] | None = None,
 ) -> PipelineResult:
     """Every step of `config`, then the gates; writes the bundle atomically and returns it."""
-    from torchship.api import save_references
+    from torchship.api import save_own_references, save_references
     from torchship.exporter import ExportOptions, export_model, require_parity
 
     step = progress or (lambda message: None)
@@ -95,7 +95,7 @@ def run_pipeline(
         save_references(model, stage)
         quantized = _quantized(config, artifacts, stage, step)
         engines = _engines(config, artifacts, quantized, stage, step)
-        _save_own_references(quantized + engines, stage)
+        save_own_references(quantized + engines, stage)
         artifacts += quantized + engines
         # the unpruned eager model is the reference row: pruning's cost shows in drop and speedup
         rows, document = _measure(config, original, artifacts, stage, step)
@@ -133,14 +133,16 @@ def _load(config: PipelineConfig):
 
 def _prune(config: PipelineConfig, model, step):
     """(pruned model, pruning report); distilled from `model` when [prune] names train data."""
-    from torchship.cli_prune import load_npz
+    from torchship.calibration.data import load_arrays
     from torchship.exporter.prune_distill import DistillConfig
     from torchship.exporter.pruning import PruneConfig
 
     section = config.prune
     prune = step_function("prune")
     train_path = config.resolve(section.train)
-    train = load_npz(str(train_path), flag="[prune] train") if train_path else None
+    train = (
+        load_arrays(train_path, inputs=model.inputs, what="[prune] train") if train_path else None
+    )
     distill = train is not None and section.epochs > 0
     recovery = DistillConfig(epochs=section.epochs, seed=0) if distill else None
     outcome = prune(
@@ -155,9 +157,7 @@ def _engines(config: PipelineConfig, artifacts, quantized, stage: Path, step) ->
     if config.engines is None:
         return []
     ship_engines = step_function("engines")
-    onnx = next((a for a in artifacts if a.format is Format.ONNX), None)
-    if onnx is None:
-        raise ConfigError('[engines] needs "onnx" in [export] formats')
+    onnx = _onnx_of(artifacts, step="engines")
     precisions = [Precision(p) for p in config.engines.precisions]
     int8_onnx = next((a for a in quantized if a.path.parent.name == "int8-tensorrt"), None)
     if Precision.INT8 in precisions and int8_onnx is None:
@@ -169,15 +169,20 @@ def _engines(config: PipelineConfig, artifacts, quantized, stage: Path, step) ->
     )  # fmt: skip
 
 
+def _onnx_of(artifacts: Sequence[Artifact], *, step: str) -> Artifact:
+    onnx = next((a for a in artifacts if a.format is Format.ONNX), None)
+    if onnx is None:
+        raise ConfigError(f'[{step}] needs "onnx" in [export] formats')
+    return onnx
+
+
 def _quantized(config: PipelineConfig, artifacts, stage: Path, step) -> list[Artifact]:
     if config.quantize is None:
         return []
     from torchship.calibration.quantize import QuantizeOptions
 
     quantize = step_function("quantize")
-    onnx = next((a for a in artifacts if a.format is Format.ONNX), None)
-    if onnx is None:
-        raise CalibrationError('[quantize] needs "onnx" in [export] formats')
+    onnx = _onnx_of(artifacts, step="quantize")
     out = []
     for preset in config.quantize.presets:
         step(f"quantizing {onnx.path.name} with preset {preset}")
@@ -189,22 +194,6 @@ def _quantized(config: PipelineConfig, artifacts, stage: Path, step) -> list[Art
         result = quantize(onnx, stage / f"int8-{preset}", calib=calib, options=options)
         out.append(result.artifact)
     return out
-
-
-def _save_own_references(artifacts: list[Artifact], stage: Path) -> None:
-    """Reference outputs of each quantized artifact, beside it, for `torchship verify`.
-
-    INT8 outputs on random reference inputs are far from eager (accuracy is judged on real
-    data); what verify must prove is that the shipped file still computes what was shipped.
-    """
-    from torchship.exporter import load_reference, save_reference
-    from torchship.runtimes import default_runtime_for, get_runner
-
-    feeds_list, _ = load_reference(stage)
-    for artifact in artifacts:
-        with get_runner(default_runtime_for(artifact.format))(artifact) as runner:
-            outputs = [runner.infer(feeds) for feeds in feeds_list]
-        save_reference(artifact.path.parent, feeds_list=feeds_list, outputs_list=outputs)
 
 
 def _measure(config: PipelineConfig, model, artifacts, stage: Path, step):
@@ -416,7 +405,7 @@ def _plot(path: Path, rows: Sequence[dict]) -> None:
 
 
 def _write_manifest(stage, config, model, artifacts, result, parity, command, pruning) -> None:
-    from torchship.manifest import MANIFEST_NAME, build_manifest, write_manifest
+    from torchship.manifest import build_manifest, write_manifest
 
     manifest = build_manifest(
         stage,
@@ -431,12 +420,4 @@ def _write_manifest(stage, config, model, artifacts, result, parity, command, pr
             "pruning": pruning,
         },
     )
-    for entry, artifact in zip(manifest["artifacts"], artifacts, strict=True):
-        entry["file"] = _rel(artifact, stage)
-    # build_manifest skips every manifest.json; the steps' own (e.g. int8-*/) belong to the bundle
-    for path in sorted(stage.glob(f"*/**/{MANIFEST_NAME}")):
-        manifest["files"].append(
-            {"path": _rel_path(path, stage), "sha256": sha256_file(path),
-             "size_bytes": path.stat().st_size}
-        )  # fmt: skip
     write_manifest(stage, manifest)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 from rich.console import Console
 
 from torchship.commands import add_input_flags, progress, specs_from_args
-from torchship.errors import CalibrationError, ConfigError
+from torchship.errors import ConfigError
 
-__all__ = ["register", "load_npz"]
+__all__ = ["register"]
 
 
 def register(commands) -> None:
@@ -44,24 +41,13 @@ def register(commands) -> None:
     p.set_defaults(handler=_prune)
 
 
-def load_npz(path: str, *, flag: str) -> dict[str, np.ndarray]:
-    """Arrays of a data file by name. TODO: switch to torchship.calibration's readers."""
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"{flag} {file}: no such file")
-    try:
-        with np.load(file, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
-    except (OSError, ValueError) as exc:
-        raise CalibrationError(f"{flag} {file}: not a readable .npz file ({exc})") from None
-
-
 def _prune(args, *, console: Console, argv) -> int:
+    from torchship.calibration.data import load_arrays
     from torchship.sources import load_model
 
     model = load_model(args.model, inputs=specs_from_args(args) or None, weights=args.weights)
-    train = load_npz(args.train, flag="--train") if args.train else None
-    evaluation = load_npz(args.eval, flag="--eval") if args.eval else None
+    train = load_arrays(args.train, inputs=model.inputs, what="--train") if args.train else None
+    evaluation = load_arrays(args.eval, inputs=model.inputs, what="--eval") if args.eval else None
     ignore = tuple(n.strip() for n in args.ignore.split(",") if n.strip())
     if args.unstructured:
         return _unstructured(args, model, ignore, evaluation, console=console, argv=argv)

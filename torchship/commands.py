@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 from rich.console import Console
 
-from torchship.errors import ConfigError
+from torchship.errors import CheckFailedError, ConfigError
 
 __all__ = ["REGISTER"]
 
@@ -72,6 +72,8 @@ def _register_ship(commands) -> None:
     )
     p.add_argument("--threads", type=int, default=None, help="intra-op threads per runtime")
     p.add_argument("--json", metavar="OUT", help="also write the result rows as JSON ('-': stdout)")
+    p.add_argument("--no-int8", action="store_true", help="demo: skip the INT8 rows")
+    p.add_argument("--no-prune", action="store_true", help="demo: skip the pruned rows")
     p.set_defaults(handler=_ship)
 
 
@@ -87,11 +89,16 @@ def _ship(args, *, console: Console, argv) -> int:
         return ship_pipeline(args.config, console=console, argv=argv, json_out=args.json)
     config = BenchConfig(batches=(8,), min_time_s=args.min_time, threads=args.threads)
     with progress(console) as step:
-        report = ship_demo(args.output, bench_config=config, command=argv, progress=step)
+        report = ship_demo(
+            args.output, bench_config=config, int8=not args.no_int8, prune=not args.no_prune,
+            command=argv, progress=step,
+        )  # fmt: skip
     console.print(ship_table(report.rows, batch=report.batch))
     console.print(f"bundle: {report.out_dir}/ (manifest.json, bench.json, report.json)")
     if args.json:
         dump_json(args.json, report.to_dict(), console)
+    if not report.passed:
+        raise CheckFailedError("an INT8 artifact missed its accuracy budget (marked in the bundle)")
     return 0
 
 

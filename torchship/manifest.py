@@ -28,7 +28,8 @@ def build_manifest(
     gates: dict | None = None,
     extra: dict | None = None,
 ) -> dict:
-    """Describe every file in `out_dir` (except the manifest itself) and the run that made it."""
+    """Describe every file in `out_dir` and the run that made it. Only `out_dir`'s own manifest
+    is left out: the steps' manifests in subfolders (int8/, pruned/) are part of the output."""
     from torchship.fingerprint import machine_fingerprint, software_fingerprint
 
     files = [
@@ -38,7 +39,7 @@ def build_manifest(
             "size_bytes": p.stat().st_size,
         }
         for p in sorted(out_dir.rglob("*"))
-        if p.is_file() and p.name != MANIFEST_NAME and not p.name.startswith(".")
+        if p.is_file() and p != out_dir / MANIFEST_NAME and not p.name.startswith(".")
     ]
     return {
         "schema": SCHEMA,
@@ -47,7 +48,7 @@ def build_manifest(
         "inputs": [s.to_dict() for s in model.inputs],
         "outputs": list(model.outputs),
         "files": files,
-        "artifacts": [a.to_dict() for a in artifacts],
+        "artifacts": [_artifact_entry(a, out_dir) for a in artifacts],
         "metrics": metrics or {},
         "gates": gates or {},
         "command": list(command) if command is not None else None,
@@ -55,6 +56,14 @@ def build_manifest(
         "machine": machine_fingerprint(),
         **(extra or {}),
     }
+
+
+def _artifact_entry(artifact: Artifact, out_dir: Path) -> dict:
+    """The artifact's description, its path relative to `out_dir` (int8/model.int8.onnx)."""
+    entry = artifact.to_dict()
+    if artifact.path.is_relative_to(out_dir):
+        entry["path"] = artifact.path.relative_to(out_dir).as_posix()
+    return entry
 
 
 def write_manifest(out_dir: Path, manifest: dict) -> Path:

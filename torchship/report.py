@@ -21,29 +21,26 @@ def human_size(num_bytes: int) -> str:
 
 def ship_table(rows: Sequence, *, batch: int) -> Table:
     table = Table(title=f"torchship demo — batch {batch}")
-    for column in (
-        "artifact",
-        "format",
-        "runtime",
-        "precision",
-        "size",
-        "accuracy",
-        "p50 ms",
-        "speedup vs eager",
-    ):
-        numeric = column in ("size", "accuracy", "p50 ms", "speedup vs eager")
-        table.add_column(column, justify="right" if numeric else "left")
+    numeric = ("size", "accuracy", "drop", "p50 ms", "vs eager", "vs onnx")
+    widest = max((len(r.name) for r in rows), default=8)
+    table.add_column("artifact", min_width=widest, no_wrap=True)
+    for column in ("runtime", "precision", *numeric, "check"):
+        table.add_column(column, justify="right" if column in numeric else "left")
     for r in rows:
         accuracy = "-" if r.accuracy is None else f"{100 * r.accuracy:.2f}%"
+        drop = "-" if r.drop_points is None else f"{r.drop_points:+.2f} pt"
+        vs_onnx = "-" if r.speedup_vs_onnx is None else f"{r.speedup_vs_onnx:.2f}x"
         table.add_row(
             r.name,
-            r.format,
             r.runtime,
             r.precision,
             human_size(r.size_bytes),
             accuracy,
+            drop,
             f"{r.p50_ms:.3f}",
             f"{r.speedup_vs_eager:.2f}x",
+            vs_onnx,
+            r.check,
         )
     return table
 

@@ -127,7 +127,7 @@ def _parity_checks(bundle: Path, manifest: dict) -> list[VerifyCheck]:
     references: dict[Path, tuple] = {}
     checks = []
     for entry in entries:
-        folder = _reference_dir(bundle, bundle / str(entry.get("file") or entry.get("path")))
+        folder = _reference_dir(bundle, bundle / str(entry.get("path")))
         if folder not in references:
             from torchship.exporter import load_reference
 
@@ -147,7 +147,7 @@ def _reference_dir(bundle: Path, artifact_path: Path) -> Path:
 def _artifact_check(bundle: Path, entry: dict, feeds_list, outputs_list) -> VerifyCheck:
     from torchship.runtimes.base import default_runtime_for, get_runner
 
-    rel = str(entry.get("file") or entry.get("path"))
+    rel = str(entry.get("path"))
     try:
         artifact = _artifact_from_entry(bundle / rel, entry)
         runtime = entry.get("runtime") or default_runtime_for(artifact.format)

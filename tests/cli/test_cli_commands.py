@@ -205,14 +205,20 @@ def test_ship_demo_console_script(tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "speedup vs eager" in proc.stdout
+    assert "vs eager" in proc.stdout and "vs onnx" in proc.stdout
     for runtime in ("torch", "torchscript", "ort-cpu"):
         assert runtime in proc.stdout
     report = json.loads((out / "report.json").read_text())
-    rows = {(r["format"], r["runtime"]): r for r in report["rows"]}
+    assert report["passed"] is True
+    rows = {(r["name"], r["runtime"]): r for r in report["rows"]}
     assert rows[("eager", "torch")]["speedup_vs_eager"] == 1.0
+    assert rows[("model.onnx", "ort-cpu")]["speedup_vs_onnx"] == 1.0
+    names = {name for name, _ in rows}
+    assert {"int8/model.int8.onnx", "pruned/model.onnx", "pruned/int8/model.int8.onnx"} <= names
     for row in report["rows"]:
-        assert row["accuracy"] >= 0.97
+        assert row["accuracy"] >= 0.97 and row["drop_points"] <= 1.0
+    int8 = rows[("int8/model.int8.onnx", "ort-cpu")]
+    assert int8["precision"] == "int8" and int8["check"].startswith("in budget")
     manifest = json.loads((out / "manifest.json").read_text())
     listed = {f["path"] for f in manifest["files"]}
     assert {"model.onnx", "model.ts", "model.pt2", "bench.json", "report.json"} <= listed

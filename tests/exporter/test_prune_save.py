@@ -88,14 +88,23 @@ def test_cli_prunes_distills_and_writes_the_bundle(tmp_path, capsys):
     [
         (["--ratio", "1.5"], "outside"),
         (["--ratio", "0.5", "--ignore", "nope"], "--ignore 'nope': no such layer"),
-        (["--ratio", "0.5", "--train", "missing.npz", "--distill"], "missing.npz: no such file"),
+        (
+            ["--ratio", "0.5", "--train", "missing.npz", "--distill"],
+            "--train: missing.npz: no such data file",
+        ),
         (["--ratio", "0.5", "--importance", "l3"], "unknown importance 'l3'"),
+        (
+            ["--ratio", "0.5", "--eval", "{tmp}/bad.npz"],
+            "--eval: {tmp}/bad.npz: inputs do not match the model: missing ['image']",
+        ),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(argv, message, tmp_path, capsys):
+    np.savez(tmp_path / "bad.npz", x=np.zeros((4, 1, 28, 28), np.float32))
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     code = main(["prune", "demo", *argv, "-o", str(tmp_path / "o")])
     captured = capsys.readouterr()
     assert code == 2
-    assert message in captured.err + captured.out
+    assert message.replace("{tmp}", str(tmp_path)) in captured.err + captured.out
     assert "Traceback" not in captured.err
     assert not (tmp_path / "o").exists()

@@ -26,7 +26,7 @@ def test_bundle_holds_everything(demo_bundle):
     manifest = json.loads((demo_bundle / "manifest.json").read_text())
     assert manifest["status"] == "passed"
     assert manifest["gates"]["max_accuracy_drop"]["passed"] is True
-    assert {a["file"] for a in manifest["artifacts"]} == {"model.onnx", "model.ts"}
+    assert {a["path"] for a in manifest["artifacts"]} == {"model.onnx", "model.ts"}
     assert manifest["pipeline"]["bench"]["batches"] == [8]
     bench = json.loads((demo_bundle / "bench.json").read_text())
     assert {r["artifact"] for r in bench["results"]} == {"<eager>", "model.onnx", "model.ts"}
