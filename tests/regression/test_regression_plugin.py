@@ -13,7 +13,7 @@ pytest_plugins = ["pytester"]
 def project(pytester, mlp_models, tmp_path):
     """A test project with the two models and a baseline of `light` saved as `main`."""
     root = tmp_path / "baselines"
-    light, heavy = mlp_models["light"], mlp_models["heavy"]
+    light, heavy = mlp_models["light"], mlp_models["heavier"]
     argv = ["bench", str(light), "--iters", "60", "--warmup", "5", "--threads", "1"]
     assert main([*argv, "--baseline-dir", str(root), "--save-baseline", "main", "--json", "-"]) == 0
     pytester.makepyfile(
@@ -57,8 +57,8 @@ def test_plugin_passes_fails_and_skips(pytester, project):
     result.assert_outcomes(passed=2, failed=2, skipped=1)
     result.stdout.fnmatch_lines(
         [
-            "*heavy.onnx on ort-cpu: p50 * ms > budget 1e-06 ms*",
-            "*heavy.onnx on ort-cpu is slower than baseline main*",
+            "*heavier.onnx on ort-cpu: p50 * ms > budget 1e-06 ms*",
+            "*heavier.onnx on ort-cpu is slower than baseline main*",
             "*runtime ort-trt is not available: no GPU here*",
         ]
     )
