@@ -42,9 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(debug=args.debug, verbose=args.verbose)
-    console = Console(stderr=False, highlight=False)
-    if not console.is_terminal:
-        console = Console(stderr=False, highlight=False, width=140)  # pipes: no wrapped tables
+    # markup off: printed paths, names and messages may hold [brackets] (torchship[gpu]);
+    # styled text is built with rich.text.Text instead
+    console = Console(stderr=False, highlight=False, markup=False)
+    if not console.is_terminal:  # pipes: no wrapped tables
+        console = Console(stderr=False, highlight=False, markup=False, width=140)
     errors = Console(stderr=True, highlight=False)
     try:
         return int(args.handler(args, console=console, argv=["torchship", *argv]) or EXIT_OK)

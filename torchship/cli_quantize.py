@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from rich.console import Console
+from rich.text import Text
 
 from torchship.errors import EXIT_CHECK_FAILED, EXIT_OK
 
@@ -108,6 +109,7 @@ def _print_summary(console: Console, result) -> None:
             f"(batch {timing['batch']}): {timing['speedup']:.2f}x"
         )
     for warning in result.warnings:
-        console.print(f"[bold yellow]warning:[/] {warning}")
-    verdict = "[green]pass[/]" if result.passed else "[bold red]FAIL[/] (artifact kept, marked)"
-    console.print(f"result: {verdict}; manifest: {result.manifest_path}")
+        console.print(Text.assemble(("warning:", "bold yellow"), f" {warning}"))
+    verdict = ("pass", "green") if result.passed else ("FAIL", "bold red")
+    kept = "" if result.passed else " (artifact kept, marked)"
+    console.print(Text.assemble("result: ", verdict, f"{kept}; manifest: {result.manifest_path}"))

@@ -15,6 +15,7 @@ from pathlib import PurePath
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from torchship.errors import ConfigError
 from torchship.regression import CompareConfig, Comparison, Verdict, compare_samples
@@ -161,7 +162,7 @@ def comparison_table(result: DocumentComparison) -> Table:
             f"{c.candidate_p50:.3f}",
             f"{c.change_pct:+.1f}%",
             _ci_text(c),
-            f"[{style}]{c.verdict.value}[/]" if style else c.verdict.value,
+            Text(c.verdict.value, style=style),
         )
     return table
 

@@ -1,10 +1,14 @@
-"""Terminal tables (rich) for the CLI. Library code returns data; only the CLI prints these."""
+"""Terminal tables (rich) for the CLI. Library code returns data; only the CLI prints these.
+
+Cells are plain text: the CLI's console has markup off, so `torchship[gpu]` prints as is.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
+from rich import box
 from rich.table import Table
 
 __all__ = ["ship_table", "bench_table", "doctor_table", "human_size"]
@@ -19,19 +23,30 @@ def human_size(num_bytes: int) -> str:
     return f"{size:.1f} GB"
 
 
+#: narrower names for the ship table, which must fit a 140-column pipe
+_SHORT_FORMATS = {"exported-program": "pt2"}
+
+
 def ship_table(rows: Sequence, *, batch: int) -> Table:
-    table = Table(title=f"torchship demo — batch {batch}")
-    numeric = ("size", "accuracy", "drop", "p50 ms", "vs eager", "vs onnx")
+    # no column rules: eleven columns must fit a 140-column pipe
+    table = Table(
+        title=f"torchship demo — batch {batch}",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    numeric = ("size", "accuracy", "drop pt", "p50 ms", "vs eager", "vs onnx")
     widest = max((len(r.name) for r in rows), default=8)
     table.add_column("artifact", min_width=widest, no_wrap=True)
-    for column in ("runtime", "precision", *numeric, "check"):
+    for column in ("format", "runtime", "prec", *numeric, "check"):
         table.add_column(column, justify="right" if column in numeric else "left")
     for r in rows:
         accuracy = "-" if r.accuracy is None else f"{100 * r.accuracy:.2f}%"
-        drop = "-" if r.drop_points is None else f"{r.drop_points:+.2f} pt"
+        drop = "-" if r.drop_points is None else f"{r.drop_points:+.2f}"
         vs_onnx = "-" if r.speedup_vs_onnx is None else f"{r.speedup_vs_onnx:.2f}x"
         table.add_row(
             r.name,
+            _SHORT_FORMATS.get(r.format, r.format),
             r.runtime,
             r.precision,
             human_size(r.size_bytes),

@@ -222,3 +222,10 @@ def test_ship_demo_console_script(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     listed = {f["path"] for f in manifest["files"]}
     assert {"model.onnx", "model.ts", "model.pt2", "bench.json", "report.json"} <= listed
+
+
+def test_doctor_table_prints_brackets_as_text(capsys):
+    """`pip install torchship[gpu]` must not be eaten as rich markup."""
+    assert run("doctor") == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "torchship[gpu]" in out
