@@ -152,6 +152,8 @@ def profile_ops(path: Path, batch: int = 8, iters: int = 50) -> list[tuple[str, 
 
     options = onnxruntime.SessionOptions()
     options.enable_profiling = True
+    # the trace lands beside the model (a temporary folder), not in the working directory
+    options.profile_file_prefix = str(path.parent / "ort_profile")
     options.intra_op_num_threads = THREADS
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
@@ -159,7 +161,9 @@ def profile_ops(path: Path, batch: int = 8, iters: int = 50) -> list[tuple[str, 
     feed = {name: np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)}
     for _ in range(iters):
         session.run(None, feed)
-    trace = json.loads(Path(session.end_profiling()).read_text())
+    trace_path = Path(session.end_profiling())
+    trace = json.loads(trace_path.read_text())
+    trace_path.unlink()
     totals: collections.Counter = collections.Counter()
     for event in trace:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):

@@ -110,9 +110,13 @@ def print_summary(rows: list[dict], machine: dict, args) -> None:
         cells = ", ".join(f"{k}: {v['slower']}/{v['n']} slower" for k, v in r["trials"].items())
         print(
             f"{r['model']:>18}  p50 {r['p50_ms']} ms  {cells}  "
-            f"smallest reliable: {r['smallest_reliable_pct']}%  "
+            f"smallest reliable: {_pct(r['smallest_reliable_pct'])}  "
             f"{r['seconds_per_verdict']} s/verdict"
         )
+
+
+def _pct(value: float | None) -> str:
+    return "none of those tried" if value is None else f"{value:g}%"
 
 
 def main() -> None:

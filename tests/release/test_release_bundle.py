@@ -20,6 +20,14 @@ BUNDLE_FILES = {
 }  # fmt: skip
 
 
+def test_latency_plot_is_a_png_when_matplotlib_is_installed(demo_bundle):
+    pytest.importorskip("matplotlib")
+    plot = demo_bundle / "latency.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    manifest = json.loads((demo_bundle / "manifest.json").read_text())
+    assert "latency.png" in {f["path"] for f in manifest["files"]}
+
+
 def test_bundle_holds_everything(demo_bundle):
     assert demo_bundle.name == "demo-1.0"
     assert BUNDLE_FILES <= {p.name for p in demo_bundle.iterdir()}
