@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 
 ENV_VAR = "TORCHSHIP_BASELINES"
 DEFAULT_ROOT = Path(".torchship") / "baselines"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+#: what `fingerprint_key` writes (16 hex digits), with room to spare; never '..' or a separator
+_FINGERPRINT = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def baseline_root(root: str | os.PathLike | None = None) -> Path:
@@ -56,6 +58,7 @@ def save_baseline(
     fingerprint = document.get("fingerprint")
     if not isinstance(fingerprint, str) or not fingerprint:
         raise ConfigError("the bench document has no fingerprint; cannot file it as a baseline")
+    _check_fingerprint(fingerprint)
     path = baseline_root(root) / fingerprint / f"{name}.json"
     atomic_write_json(path, dict(document))
     log.info("saved baseline %r to %s", name, path)
@@ -77,20 +80,22 @@ def find_baseline(
     _check_name(name)
     base = baseline_root(root)
     fingerprint = fingerprint or current_fingerprint()
+    _check_fingerprint(fingerprint)
     own = base / fingerprint / f"{name}.json"
     if own.is_file():
         return own
-    others = sorted(base.glob(f"*/{name}.json")) if base.is_dir() else []
+    others = [p for p in base.glob(f"*/{name}.json") if p.is_file()] if base.is_dir() else []
     if not others:
         known = sorted({p.stem for p in base.glob("*/*.json")}) if base.is_dir() else []
         raise ConfigError(
             f"no baseline named {name!r} under {base}; known: {', '.join(known) or 'none'} "
             "(save one with `torchship bench ... --save-baseline NAME`)"
         )
-    found = others[-1]
+    found = max(others, key=lambda p: (p.stat().st_mtime, p.parent.name))
+    which = f" (the newest of {len(others)})" if len(others) > 1 else ""
     message = (
-        f"baseline {name!r} was recorded under fingerprint {found.parent.name}, this machine is "
-        f"{fingerprint}: another machine or software versions"
+        f"baseline {name!r} was recorded under fingerprint {found.parent.name}{which}, this "
+        f"machine is {fingerprint}: another machine or software versions"
     )
     if strict:
         raise ConfigError(message + "; refusing under --strict")
@@ -108,13 +113,22 @@ def load_baseline(
     from torchship.runtimes import load_bench_document
 
     path = Path(name_or_path)
-    if path.suffix == ".json" or path.exists():
+    if path.suffix == ".json" or path.is_file():
         return load_bench_document(path)
     return load_bench_document(find_baseline(str(name_or_path), root=root, strict=strict))
 
 
+def _check_fingerprint(fingerprint: str) -> None:
+    # it becomes a folder name: refuse anything that could leave the baselines root
+    if not _FINGERPRINT.fullmatch(fingerprint):
+        raise ConfigError(
+            f"fingerprint {fingerprint!r}: expected letters, digits, '_' or '-' (at most 64); "
+            "is this a torchship bench document?"
+        )
+
+
 def _check_name(name: str) -> None:
-    if not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ConfigError(
             f"baseline name {name!r}: use letters, digits, '.', '_' or '-' (at most 100), "
             "starting with a letter or digit"

@@ -74,6 +74,8 @@ def _emit(result, args, console: Console) -> int:
         if path:
             _write_text(path, text(result), console)
     if not to_stdout:
+        for row in result.inconclusive:
+            console.print(f"inconclusive (not judged): {row.label}: {row.comparison.note}")
         slower = ", ".join(r.label for r in result.regressions)
         console.print(f"regression: {slower}" if slower else "no regression")
     return EXIT_OK if result.passed else EXIT_CHECK_FAILED
@@ -137,6 +139,10 @@ def regress_artifacts(a, b, *, threshold_pct: float, inputs=None, iters: int, **
     from torchship.runtimes.interleaved import interleaved_ab
 
     config = CompareConfig(threshold_pct=threshold_pct)
+    rounds = timing.get("rounds")
+    if rounds is not None and rounds < config.min_rounds:
+        # fewer rounds can only ever be inconclusive, so the gate could never fail
+        raise ConfigError(f"--rounds {rounds}: a verdict needs at least {config.min_rounds} rounds")
     first, second = open_artifacts([a, b], inputs=inputs)
     ab = interleaved_ab(first, second, iters_per_round=iters, **timing)
     verdict = compare_rounds(ab.a_rounds, ab.b_rounds, config=config)
@@ -228,9 +234,10 @@ def ship_pipeline(path: str, *, console: Console, argv, json_out: str | None) ->
     config = load_pipeline(path)
     with progress(console) as step:
         result = run_pipeline(config, command=argv, progress=step)
-    for gate in result.gates:
-        console.print(f"{'pass' if gate.passed else 'FAIL'}  {gate.name}: {gate.detail}")
-    console.print(f"bundle: {result.bundle}/ ({'passed' if result.passed else 'FAILED'})")
+    if json_out != "-":  # stdout holds only the JSON then
+        for gate in result.gates:
+            console.print(f"{'pass' if gate.passed else 'FAIL'}  {gate.name}: {gate.detail}")
+        console.print(f"bundle: {result.bundle}/ ({'passed' if result.passed else 'FAILED'})")
     if json_out:
         dump_json(json_out, result.to_dict(), console)
     require_pipeline(result)

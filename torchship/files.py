@@ -11,6 +11,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from torchship.errors import ConfigError
+
 __all__ = ["sha256_file", "atomic_path", "atomic_write_text", "atomic_write_json", "atomic_dir"]
 
 
@@ -26,9 +28,13 @@ def sha256_file(path: str | os.PathLike) -> str:
 def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed onto `path`, else removed.
 
+    ConfigError, before anything is created, when `path` is an existing directory.
+
     `suffix` keeps tools that look at the extension (torch.onnx, torch.export.save) happy.
     """
     target = Path(path)
+    if target.is_dir():  # os.replace would fail only after the work, with IsADirectoryError
+        raise ConfigError(f"{target}: is a directory; give a file path to write to")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(
         prefix=f".{target.name}.", suffix=suffix or target.suffix, dir=target.parent

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import re
 import sys
 import types
@@ -195,7 +196,7 @@ def parse_pipeline(text: str, *, path: Path | None = None) -> PipelineConfig:
     name = _coerce(head.get("name"), str, lines.at("pipeline", "name"), required=True)
     version = _coerce(head.get("version"), str, lines.at("pipeline", "version"), required=True)
     for key, value in (("name", name), ("version", version)):
-        if not _NAME.match(value):
+        if not _NAME.fullmatch(value):
             raise ConfigError(
                 f"{lines.at('pipeline', key)}: {value!r} must be letters, digits, '.', '_', "
                 "'+' or '-' (it names the bundle folder)"
@@ -319,6 +320,13 @@ def _validate(config: PipelineConfig, lines: _LineIndex) -> None:
         value = getattr(gates, key)
         if value is not None:
             _positive(lines.at("gates", key), value)
+    if gates.baseline is not None:
+        from torchship.regression import CompareConfig
+
+        try:
+            CompareConfig(threshold_pct=gates.threshold_pct)
+        except ConfigError as exc:
+            raise ConfigError(f"{lines.at('gates', 'threshold_pct')}: {exc}") from None
     if config.prune is not None and not 0 < config.prune.ratio < 1:
         raise ConfigError(
             f"{lines.at('prune', 'ratio')}: must be in (0, 1), got {config.prune.ratio}"
@@ -346,6 +354,8 @@ def _validate(config: PipelineConfig, lines: _LineIndex) -> None:
 
 def _positive(where: str, *values: float, strict: bool = False) -> None:
     for value in values:
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: must be a finite number, got {value}")
         if value < 0 or (strict and value == 0):
             bound = "> 0" if strict else ">= 0"
             raise ConfigError(f"{where}: must be {bound}, got {value}")

@@ -15,7 +15,8 @@ is not available here. Options: `--torchship-min-time S` (timed seconds per meas
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import replace
+from pathlib import Path, PurePath
 from typing import Any
 
 import pytest
@@ -38,8 +39,10 @@ class LatencyChecker:
         batch: int | None = None,
         inputs: Sequence[Any] | None = None,
         threads: int | None = None,
+        min_samples: int | None = None,
     ):
-        """Benchmark one artifact; skips the test when its runtime is unavailable here."""
+        """Benchmark one artifact for `--torchship-min-time`, and for at least `min_samples`
+        timed calls when given; skips the test when its runtime is unavailable here."""
         from torchship.artifact import Artifact
         from torchship.errors import BackendUnavailableError
         from torchship.runtimes import BenchConfig, bench_runner, default_runtime_for
@@ -53,7 +56,12 @@ class LatencyChecker:
         batch = batch or (opened.inputs[0].shape[0] if opened.inputs[0].shape else 1)
         config = BenchConfig(batches=(batch,), min_time_s=self.min_time_s, threads=threads)
         try:
-            return bench_runner(runtime, opened, config=config, batch=batch)
+            result = bench_runner(runtime, opened, config=config, batch=batch)
+            if min_samples is not None and len(result.samples_ms) < min_samples:
+                # slow calls: the time ran out first; a verdict needs this many samples
+                config = replace(config, iters=min_samples, min_time_s=None)
+                result = bench_runner(runtime, opened, config=config, batch=batch)
+            return result
         except BackendUnavailableError as exc:
             pytest.skip(str(exc))
 
@@ -90,18 +98,23 @@ class LatencyChecker:
     ):
         """Fail when the artifact is slower than the matching row of a stored baseline."""
         from torchship.baselines import load_baseline
-        from torchship.regression import CompareConfig, compare_samples
+        from torchship.regression import CompareConfig, Verdict, compare_samples
 
-        result = self.measure(artifact, **options)
-        document = load_baseline(baseline, root=self.baselines)
-        row = _matching_row(document, result)
-        if row is None:
-            pytest.fail(
-                f"baseline {baseline}: no row for {result.runtime}/{result.precision}/batch "
-                f"{result.batch}"
-            )
         config = CompareConfig(threshold_pct=threshold_pct)
+        result = self.measure(artifact, min_samples=config.min_samples, **options)
+        document = load_baseline(baseline, root=self.baselines)
+        row = _matching_row(document, result, baseline=str(baseline))
         comparison = compare_samples(row["samples_ms"], result.samples_ms, config=config)
+        if comparison.verdict is Verdict.INCONCLUSIVE:
+            # never a silent pass: an inconclusive check has checked nothing
+            if comparison.n_baseline < config.min_samples:
+                short, fix = f"{comparison.n_baseline} baseline", "re-save the baseline longer"
+            else:
+                short, fix = str(comparison.n_candidate), "raise --torchship-min-time"
+            pytest.fail(
+                f"{Path(artifact).name} vs baseline {baseline}: inconclusive: {short} samples, "
+                f"need {config.min_samples}; {fix}"
+            )
         if comparison.regressed:
             pytest.fail(
                 f"{Path(artifact).name} on {result.runtime} is slower than baseline {baseline}: "
@@ -112,16 +125,27 @@ class LatencyChecker:
         return comparison
 
 
-def _matching_row(document: dict, result) -> dict | None:
-    for row in document.get("results", []):
-        same = (row.get("runtime"), row.get("precision", "fp32"), row.get("batch")) == (
-            result.runtime,
-            result.precision,
-            result.batch,
-        )
-        if same:
-            return row
-    return None
+def _matching_row(document: dict, result, *, baseline: str) -> dict:
+    """The baseline row for `result`: same (runtime, precision, batch), and, when several rows
+    have that, the same artifact file name (then the same path). pytest.fail when none or many."""
+    wanted = (result.runtime, result.precision, result.batch)
+    rows = [
+        row
+        for row in document.get("results", [])
+        if (row.get("runtime"), row.get("precision", "fp32"), row.get("batch")) == wanted
+    ]
+    name = Path(result.artifact).name
+    if len(rows) > 1:
+        rows = [r for r in rows if PurePath(str(r.get("artifact"))).name == name]
+    if len(rows) > 1:
+        rows = [r for r in rows if str(r.get("artifact")) == result.artifact] or rows
+    label = f"{result.runtime}/{result.precision}/batch {result.batch}"
+    if not rows:
+        pytest.fail(f"baseline {baseline}: no row for {name} on {label}")
+    if len(rows) > 1:
+        paths = ", ".join(str(r.get("artifact")) for r in rows)
+        pytest.fail(f"baseline {baseline}: several rows for {label} match: {paths}")
+    return rows[0]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

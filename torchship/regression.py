@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -98,18 +99,24 @@ class Comparison:
         return (self.ratio - 1) * 100
 
     def to_dict(self) -> dict:
+        """JSON-ready: a number that is not finite (an inconclusive interval) is null."""
         return {
             "verdict": self.verdict.value,
-            "ratio": round(self.ratio, 5),
-            "change_pct": round(self.change_pct, 3),
-            "ci": [round(self.ci_low, 5), round(self.ci_high, 5)],
-            "baseline_p50_ms": round(self.baseline_p50, 6),
-            "candidate_p50_ms": round(self.candidate_p50, 6),
+            "ratio": _finite(self.ratio, 5),
+            "change_pct": _finite(self.change_pct, 3),
+            "ci": [_finite(self.ci_low, 5), _finite(self.ci_high, 5)],
+            "baseline_p50_ms": _finite(self.baseline_p50, 6),
+            "candidate_p50_ms": _finite(self.candidate_p50, 6),
             "n_baseline": self.n_baseline,
             "n_candidate": self.n_candidate,
             "threshold_pct": self.threshold_pct,
             **({"note": self.note} if self.note else {}),
         }
+
+
+def _finite(value: float, digits: int) -> float | None:
+    # NaN and inf are not JSON; json.dumps would write them anyway
+    return round(float(value), digits) if math.isfinite(value) else None
 
 
 def compare_samples(
@@ -175,7 +182,15 @@ def _verdict(ratio: float, low: float, high: float, config: CompareConfig) -> Ve
 
 
 def _clean(side: str, samples: Sequence[float]) -> np.ndarray:
-    values = np.asarray(samples, dtype=np.float64).ravel()
+    try:
+        raw = np.asarray(samples)
+    except (TypeError, ValueError):  # ragged nesting
+        raw = None
+    if raw is None or raw.dtype.kind not in "iuf":
+        shown = repr(samples)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise ConfigError(f"{side}: latency samples must be a list of numbers (ms), got {shown}")
+    values = raw.astype(np.float64).ravel()
     if values.size == 0:
         raise ConfigError(f"{side}: no latency samples to compare")
     if not np.all(np.isfinite(values)) or np.any(values <= 0):
@@ -184,7 +199,10 @@ def _clean(side: str, samples: Sequence[float]) -> np.ndarray:
 
 
 def _rounds(side: str, rounds: Sequence[Sequence[float]]) -> np.ndarray:
-    lengths = {len(r) for r in rounds}
+    try:
+        lengths = {len(r) for r in rounds}
+    except TypeError:
+        raise ConfigError(f"{side}: rounds must be lists of latency samples (ms)") from None
     if len(lengths) != 1:
         raise ConfigError(f"{side}: rounds must all hold the same number of samples, got {lengths}")
     return _clean(side, [s for r in rounds for s in r]).reshape(len(rounds), lengths.pop())

@@ -1,8 +1,9 @@
 """Compare two `torchship.bench/1` documents row by row, and render the verdicts.
 
-Rows are matched on (runtime, precision, batch); when a document holds several artifacts with the
-same key, the artifact file name joins the key. Renderings: a rich table, JSON, Markdown (for a
-PR comment) and JUnit XML (for CI), all from the same `DocumentComparison`.
+Rows are matched on (runtime, precision, batch); when either document holds several artifacts with
+the same such key, the artifact path (as written in the document) joins that key in both.
+Renderings: a rich table, JSON, Markdown (for a PR comment) and JUnit XML (for CI), all from the
+same `DocumentComparison`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import PurePath
 from typing import Any
 
 from rich.table import Table
@@ -33,6 +33,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 COMPARE_SCHEMA = "torchship.compare/1"
+
+_Key = tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,15 @@ class DocumentComparison:
         return [r for r in self.rows if r.comparison is not None and r.comparison.regressed]
 
     @property
+    def inconclusive(self) -> list[RowComparison]:
+        """Rows with too few samples or rounds for a verdict: not a failure, but not a pass."""
+        return [
+            r
+            for r in self.rows
+            if r.comparison is not None and r.comparison.verdict is Verdict.INCONCLUSIVE
+        ]
+
+    @property
     def passed(self) -> bool:
         return not self.regressions
 
@@ -109,7 +120,7 @@ def compare_documents(
         if strict:
             raise ConfigError(message + "; refusing under --strict")
         log.warning(message)
-    base_rows, cand_rows = _rows_by_key(baseline), _rows_by_key(candidate)
+    base_rows, cand_rows = _keyed_rows(baseline, candidate)
     rows = []
     for key in sorted(set(base_rows) | set(cand_rows)):
         if key not in cand_rows:
@@ -117,10 +128,7 @@ def compare_documents(
         elif key not in base_rows:
             rows.append(RowComparison(key, None, missing_in="baseline"))
         else:
-            verdict = compare_samples(
-                base_rows[key]["samples_ms"], cand_rows[key]["samples_ms"], config=config
-            )
-            rows.append(RowComparison(key, verdict))
+            rows.append(RowComparison(key, _compare_row(key, base_rows, cand_rows, config)))
     if not any(r.comparison for r in rows):
         raise ConfigError(
             "no (runtime, precision, batch) row is in both documents; nothing to compare"
@@ -128,16 +136,63 @@ def compare_documents(
     return DocumentComparison(tuple(rows), fp_base, fp_cand, config.threshold_pct)
 
 
-def _rows_by_key(document: Mapping[str, Any]) -> dict[tuple[str, ...], Mapping[str, Any]]:
+def _compare_row(
+    key: _Key,
+    base_rows: Mapping[_Key, Mapping[str, Any]],
+    cand_rows: Mapping[_Key, Mapping[str, Any]],
+    config: CompareConfig,
+) -> Comparison:
+    base, cand = base_rows[key].get("samples_ms"), cand_rows[key].get("samples_ms")
+    try:
+        return compare_samples(base, cand, config=config)
+    except ConfigError as exc:
+        raise ConfigError(f"row {' / '.join(key)}: {exc}") from None
+
+
+def _keyed_rows(
+    baseline: Mapping[str, Any], candidate: Mapping[str, Any]
+) -> tuple[dict[_Key, Mapping[str, Any]], dict[_Key, Mapping[str, Any]]]:
+    """Both documents' rows by key. A (runtime, precision, batch) that either document holds
+    more than once is qualified by the artifact path in both, so the two keep matching."""
+    base, cand = _results("baseline", baseline), _results("candidate", candidate)
+    crowded = _crowded(base) | _crowded(cand)
+    return _by_key("baseline", base, crowded), _by_key("candidate", cand, crowded)
+
+
+def _results(side: str, document: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     results = document.get("results", [])
-    short = [
-        (str(r["runtime"]), str(r.get("precision", "fp32")), f"batch {r['batch']}") for r in results
-    ]
-    unique = len(set(short)) == len(short)
-    keyed = {}
-    for key, result in zip(short, results, strict=True):
-        full = key if unique else (*key, PurePath(str(result["artifact"])).name)
-        keyed[full] = result
+    if not isinstance(results, list) or not all(isinstance(r, Mapping) for r in results):
+        raise ConfigError(f"{side} document: 'results' must be a list of objects")
+    for index, result in enumerate(results):
+        missing = [k for k in ("runtime", "batch") if k not in result]
+        if missing:
+            raise ConfigError(f"{side} document: results[{index}] is missing {', '.join(missing)}")
+    return results
+
+
+def _short_key(result: Mapping[str, Any]) -> _Key:
+    return str(result["runtime"]), str(result.get("precision", "fp32")), f"batch {result['batch']}"
+
+
+def _crowded(results: list[Mapping[str, Any]]) -> set[_Key]:
+    keys = [_short_key(r) for r in results]
+    return {k for k in keys if keys.count(k) > 1}
+
+
+def _by_key(
+    side: str, results: list[Mapping[str, Any]], crowded: set[_Key]
+) -> dict[_Key, Mapping[str, Any]]:
+    keyed: dict[_Key, Mapping[str, Any]] = {}
+    for result in results:
+        key = _short_key(result)
+        if key in crowded:
+            # the path as written, not its file name: old/model.onnx and new/model.onnx differ
+            key = (*key, str(result.get("artifact", "?")))
+        if key in keyed:
+            raise ConfigError(
+                f"{side} document: two rows for {' / '.join(key)}; cannot tell which to compare"
+            )
+        keyed[key] = result
     return keyed
 
 
@@ -185,25 +240,30 @@ def comparison_markdown(result: DocumentComparison) -> str:
             f"| {row.label} | {c.baseline_p50:.3f} | {c.candidate_p50:.3f} | "
             f"{c.change_pct:+.1f}% | {_ci_text(c)} | {c.verdict.value}{mark} |"
         )
+    for row in result.inconclusive:
+        lines += ["", f"> {row.label}: inconclusive, {row.comparison.note}."]
     if not result.fingerprints_match:
         lines += ["", "> baseline and candidate come from different machines or software."]
     return "\n".join(lines) + "\n"
 
 
 def comparison_junit(result: DocumentComparison, *, suite: str = "torchship.compare") -> str:
-    """JUnit XML: one testcase per row; a regression is a failure, a missing row is skipped."""
+    """JUnit XML: one testcase per row; a regression is a failure, a missing or inconclusive row
+    is skipped."""
     root = ET.Element(
         "testsuite",
         name=suite,
         tests=str(len(result.rows)),
         failures=str(len(result.regressions)),
-        skipped=str(sum(1 for r in result.rows if r.comparison is None)),
+        skipped=str(sum(1 for r in result.rows if r.comparison is None) + len(result.inconclusive)),
     )
     for row in result.rows:
         case = ET.SubElement(root, "testcase", classname=suite, name=row.label)
         c = row.comparison
         if c is None:
             ET.SubElement(case, "skipped", message=row.verdict)
+        elif c.verdict is Verdict.INCONCLUSIVE:
+            ET.SubElement(case, "skipped", message=_summary(c))
         elif c.regressed:
             failure = ET.SubElement(case, "failure", message=_summary(c))
             failure.text = _summary(c)

@@ -75,6 +75,7 @@ def verify_bundle(bundle: str | Path) -> VerifyReport:
     if not bundle.is_dir():
         raise ConfigError(f"{bundle}: not a directory (expected a bundle with {MANIFEST_NAME})")
     manifest = read_manifest(bundle)
+    _check_manifest(bundle, manifest)
     report = VerifyReport(bundle)
     report.checks += _hash_checks(bundle, manifest)
     if report.passed:  # reloading tampered files proves nothing more
@@ -90,16 +91,29 @@ def require_verified(bundle: str | Path) -> VerifyReport:
     return report
 
 
+def _check_manifest(bundle: Path, manifest: object) -> None:
+    """ConfigError naming the part of a manifest that is not the shape verify reads."""
+    where = bundle / MANIFEST_NAME
+    if not isinstance(manifest, dict):
+        raise ConfigError(f"{where}: must hold a JSON object, found {type(manifest).__name__}")
+    for key, required in (("files", True), ("artifacts", False)):
+        entries = manifest.get(key, None if required else [])
+        if not isinstance(entries, list):
+            raise ConfigError(f"{where}: {key!r} must be a list")
+        for index, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                found = type(entry).__name__
+                raise ConfigError(f"{where}: {key}[{index}] must be an object, found {found}")
+
+
 def _hash_checks(bundle: Path, manifest: dict) -> list[VerifyCheck]:
-    entries = manifest.get("files")
-    if not isinstance(entries, list):
-        raise ConfigError(f"{bundle / MANIFEST_NAME}: 'files' must be a list")
+    entries = manifest["files"]
     checks = [_hash_check(bundle, entry) for entry in entries]
     listed = {e.get("path") for e in entries}
+    # hidden files too: torchship never writes one into a bundle, so one there was added
     for path in sorted(bundle.rglob("*")):
         rel = path.relative_to(bundle).as_posix()
-        hidden = any(part.startswith(".") for part in path.relative_to(bundle).parts)
-        if path.is_file() and rel != MANIFEST_NAME and rel not in listed and not hidden:
+        if path.is_file() and rel != MANIFEST_NAME and rel not in listed:
             checks.append(VerifyCheck(rel, "listed", "failed", "not listed in the manifest"))
     return checks
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -137,3 +138,102 @@ def test_bench_save_baseline_then_compare(mlp_models, tmp_path, capsys):
     assert main(["bench", light, *common, "--save-baseline", "pr"]) == 0
     assert main(["compare", "main", "pr", "--baseline-dir", root, "--threshold", "50"]) == 0
     assert "ort-cpu / fp32 / batch 1" in capsys.readouterr().out
+
+
+def row(runtime: str, artifact: str, values, *, precision: str = "fp32", batch: int = 1) -> dict:
+    return {
+        "runtime": runtime, "artifact": artifact, "sha256": "0" * 64, "precision": precision,
+        "batch": batch, "latency_ms": {"p50": float(np.median(values))},
+        "samples_ms": [float(v) for v in values],
+    }  # fmt: skip
+
+
+def doc(*rows: dict, fingerprint: str = "fp-a") -> dict:
+    return {"schema": "torchship.bench/1", "fingerprint": fingerprint, "results": list(rows)}
+
+
+def test_pipeline_bench_json_matches_a_plain_bench_document():
+    """eager and model.pt2 both run as torch/fp32: only those rows need the artifact."""
+    plain = doc(row("ort-cpu", "dist/model.onnx", BASE))
+    pipeline = doc(
+        row("torch", "<eager>", SAME), row("torch", "model.pt2", SAME),
+        row("ort-cpu", "model.onnx", SAME * 1.3),
+    )  # fmt: skip
+    verdicts = {r.key: r.verdict for r in compare_documents(plain, pipeline).rows}
+    assert verdicts == {
+        ("ort-cpu", "fp32", "batch 1"): "slower",
+        ("torch", "fp32", "batch 1", "<eager>"): "missing in baseline",
+        ("torch", "fp32", "batch 1", "model.pt2"): "missing in baseline",
+    }
+
+
+def test_same_file_name_in_two_folders_keeps_two_rows():
+    base = doc(row("ort-cpu", "new/model.onnx", BASE), row("ort-cpu", "old/model.onnx", BASE))
+    cand = doc(row("ort-cpu", "new/model.onnx", SAME * 3), row("ort-cpu", "old/model.onnx", SAME))
+    verdicts = {r.key[-1]: r.verdict for r in compare_documents(base, cand).rows}
+    assert verdicts == {"new/model.onnx": "slower", "old/model.onnx": "same"}
+
+
+def test_two_rows_with_one_key_are_refused():
+    twice = doc(row("ort-cpu", "model.onnx", BASE), row("ort-cpu", "model.onnx", SAME))
+    with pytest.raises(ConfigError, match="candidate document: two rows for .*/ model.onnx"):
+        compare_documents(doc(row("ort-cpu", "model.onnx", BASE)), twice)
+
+
+@pytest.mark.parametrize("samples", [["a", "b"], [[1.0, 2.0], [3.0]], None, {"x": 1}])
+def test_samples_that_are_not_numbers_are_bad_input(samples):
+    bad = doc(row("ort-cpu", "model.onnx", BASE))
+    bad["results"][0]["samples_ms"] = samples
+    with pytest.raises(ConfigError, match="row ort-cpu / fp32 / batch 1: candidate: latency"):
+        compare_documents(doc(row("ort-cpu", "model.onnx", BASE)), bad)
+
+
+def test_inconclusive_rows_are_valid_json_and_said_so(tmp_path, capsys):
+    base, cand = doc(row("ort-cpu", "m.onnx", BASE[:5])), doc(row("ort-cpu", "m.onnx", SAME[:5]))
+    result = compare_documents(base, cand)
+    text = json.dumps(result.to_dict(), allow_nan=False)  # NaN is not JSON
+    assert json.loads(text)["rows"][0]["ci"] == [None, None]
+    assert "inconclusive, fewer than 20 samples" in comparison_markdown(result)
+    assert ET.fromstring(comparison_junit(result)).get("skipped") == "1"
+    (tmp_path / "b.json").write_text(json.dumps(base))
+    (tmp_path / "c.json").write_text(json.dumps(cand))
+    assert main(["compare", str(tmp_path / "b.json"), str(tmp_path / "c.json")]) == 0
+    out = capsys.readouterr().out
+    assert "inconclusive (not judged): ort-cpu / fp32 / batch 1: fewer than 20 samples" in out
+    assert main(["compare", str(tmp_path / "b.json"), str(tmp_path / "c.json"), "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"][0]["verdict"] == "inconclusive"
+
+
+def test_writing_onto_a_directory_is_bad_input(tmp_path, capsys):
+    base, cand = write_docs(tmp_path, 1.0)
+    (tmp_path / "out").mkdir()
+    assert main(["compare", base, cand, "--json", str(tmp_path / "out")]) == 2
+    assert "out: is a directory" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.json", "cand.json", "out"]
+    assert not any((tmp_path / "out").iterdir())
+
+
+def test_baseline_names_and_fingerprints_are_checked_in_full(tmp_path):
+    base, _ = docs(1.0)
+    with pytest.raises(ConfigError, match="baseline name 'main\\\\n'"):
+        save_baseline(base, "main\n", root=tmp_path)
+    with pytest.raises(ConfigError, match="fingerprint '../../evil'"):
+        save_baseline({**base, "fingerprint": "../../evil"}, "main", root=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_folder_named_like_the_baseline_is_not_read_as_a_file(tmp_path, monkeypatch):
+    base, _ = docs(1.0)
+    save_baseline(base, "main", root=tmp_path / "baselines")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "main").mkdir()
+    assert load_baseline("main", root=tmp_path / "baselines")["fingerprint"] == "fp-a"
+
+
+def test_the_newest_baseline_of_another_fingerprint_is_used(tmp_path, caplog):
+    base, _ = docs(1.0)
+    older = save_baseline({**base, "fingerprint": "zz-old"}, "main", root=tmp_path)
+    newer = save_baseline({**base, "fingerprint": "aa-new"}, "main", root=tmp_path)
+    os.utime(older, (1_000_000, 1_000_000))
+    assert find_baseline("main", root=tmp_path, fingerprint="fp-x") == newer
+    assert "recorded under fingerprint aa-new (the newest of 2)" in caplog.text

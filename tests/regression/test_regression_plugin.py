@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from torchship.cli import main
@@ -67,3 +69,41 @@ def test_plugin_passes_fails_and_skips(pytester, project):
 def test_marker_is_registered(pytester):
     result = pytester.runpytest("--markers")
     result.stdout.fnmatch_lines(["*latency: a torchship latency budget or regression test*"])
+
+
+def test_an_inconclusive_check_fails(mlp_models, tmp_path, capsys):
+    """5 baseline samples cannot decide anything: that must not read as a pass."""
+    from torchship.pytest_plugin import LatencyChecker
+
+    root, light = str(tmp_path / "baselines"), str(mlp_models["light"])
+    argv = ["bench", light, "--iters", "5", "--warmup", "1", "--threads", "1", "--json", "-"]
+    assert main([*argv, "--baseline-dir", root, "--save-baseline", "few"]) == 0
+    capsys.readouterr()
+    checker = LatencyChecker(min_time_s=1e-6, baselines=root)
+    with pytest.raises(pytest.fail.Exception, match="inconclusive: 5 baseline samples, need 20"):
+        checker.assert_no_regression(light, baseline="few", threads=1)
+
+
+def test_measure_times_at_least_min_samples(mlp_models):
+    from torchship.pytest_plugin import LatencyChecker
+
+    checker = LatencyChecker(min_time_s=1e-6, baselines=None)
+    result = checker.measure(mlp_models["light"], threads=1, min_samples=25)
+    assert len(result.samples_ms) >= 25
+
+
+def test_baseline_rows_are_matched_on_the_artifact_too():
+    from torchship.pytest_plugin import _matching_row
+
+    def row(artifact: str) -> dict:
+        return {"runtime": "ort-cpu", "precision": "fp32", "batch": 1, "artifact": artifact}
+
+    result = SimpleNamespace(runtime="ort-cpu", precision="fp32", batch=1, artifact="b/heavy.onnx")
+    document = {"results": [row("a/light.onnx"), row("a/heavy.onnx")]}
+    assert _matching_row(document, result, baseline="main")["artifact"] == "a/heavy.onnx"
+    assert _matching_row({"results": [row("light.onnx")]}, result, baseline="main")
+    twice = {"results": [row("a/heavy.onnx"), row("c/heavy.onnx")]}
+    with pytest.raises(pytest.fail.Exception, match="several rows .* a/heavy.onnx, c/heavy.onnx"):
+        _matching_row(twice, result, baseline="main")
+    with pytest.raises(pytest.fail.Exception, match="no row for heavy.onnx on ort-cpu/fp32/b"):
+        _matching_row({"results": [row("x.onnx"), row("y.onnx")]}, result, baseline="main")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -50,7 +51,9 @@ def test_faster_candidate_is_not_a_regression(mlp_models, capsys):
 @pytest.mark.parametrize(
     ("extra", "code", "message"),
     [
-        (["--rounds", "1"], 2, "rounds >= 2"),
+        (["--rounds", "1"], 2, "--rounds 1: a verdict needs at least 4 rounds"),
+        # 2 or 3 rounds are always inconclusive: a gate that could never fail
+        (["--rounds", "3"], 2, "--rounds 3: a verdict needs at least 4 rounds"),
         (["--runtime", "nope"], 2, "unknown runtime 'nope'"),
         (["--batch", "0"], 2, "batch must be >= 1"),
     ],
@@ -64,3 +67,20 @@ def test_bad_usage_exits_2(mlp_models, capsys, extra, code, message):
 def test_missing_file_exits_2(tmp_path, capsys):
     assert main(["regress", str(tmp_path / "a.onnx"), str(tmp_path / "b.onnx")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_ship_json_to_stdout_is_only_json(monkeypatch, tmp_path, capsys):
+    import torchship.bundle
+    import torchship.pipeline
+
+    gate = SimpleNamespace(name="parity", passed=True, detail="ok")
+    result = SimpleNamespace(
+        gates=[gate], bundle=tmp_path, passed=True, to_dict=lambda: {"passed": True}
+    )
+    monkeypatch.setattr(torchship.pipeline, "load_pipeline", lambda path: path)
+    monkeypatch.setattr(torchship.bundle, "run_pipeline", lambda config, **kw: result)
+    monkeypatch.setattr(torchship.bundle, "require_pipeline", lambda result: None)
+    assert main(["ship", str(tmp_path / "pipeline.toml"), "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"passed": True}
+    assert main(["ship", str(tmp_path / "pipeline.toml")]) == 0
+    assert "pass  parity: ok" in capsys.readouterr().out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 
 import pytest
 
@@ -160,3 +161,61 @@ def test_engines_int8_needs_the_tensorrt_preset(tmp_path, pipeline_file):
     with pytest.raises(ConfigError, match='presets = \\["tensorrt"\\]'):
         run_pipeline(load_pipeline(path))
     assert not (tmp_path / "dist" / "demo-1.0").exists()
+
+
+def _row(artifact, fmt, batch, p50, p90, speedup):
+    return {
+        "artifact": artifact, "format": fmt, "runtime": "x", "precision": "fp32", "batch": batch,
+        "accuracy": None, "p50_ms": p50, "p90_ms": p90, "speedup_vs_eager": speedup,
+    }  # fmt: skip
+
+
+def test_latency_gates_judge_shipped_artifacts_not_eager(tmp_path, pipeline_file):
+    from torchship.bundle import _gates
+
+    extra = "max_p90_ms = 5.0\nmin_speedup = 1.2\n"
+    config = load_pipeline(pipeline_file(tmp_path, extra_gates=extra))
+    config = replace(config, bench=replace(config.bench, batches=(1, 8)))
+    rows = [
+        _row("eager", "eager", 1, 1.0, 1.2, 1.0),
+        _row("eager", "eager", 8, 9.0, 9.5, 1.0),  # slow eager must not fail max_p90_ms
+        _row("model.onnx", "onnx", 1, 1.1, 1.3, 0.91),
+        _row("model.onnx", "onnx", 8, 4.0, 4.5, 2.25),  # fast at batch 8 only
+    ]
+    gates = {g.name: g for g in _gates(config, rows, {}, None)}
+    assert gates["max_p90_ms"].passed and "model.onnx" in gates["max_p90_ms"].detail
+    # min_speedup is judged at the first batch, where ONNX is slower than eager
+    assert not gates["min_speedup"].passed and "0.91x at batch 1" in gates["min_speedup"].detail
+
+
+def test_inconclusive_baseline_comparison_fails_the_gate(tmp_path, pipeline_file):
+    from torchship.bundle import _baseline_gate
+
+    def document(samples):
+        return {"results": [{
+            "artifact": "model.onnx", "runtime": "ort-cpu", "precision": "fp32", "batch": 8,
+            "samples_ms": samples,
+        }]}  # fmt: skip
+
+    config = load_pipeline(pipeline_file(tmp_path, extra_gates='baseline = "main"\n'))
+    gate = _baseline_gate(config, document([1.0] * 5), document([3.0] * 5))
+    assert not gate.passed and "inconclusive" in gate.detail
+
+
+def test_fixed_batch_model_ships_with_an_eval_set_of_any_size(tmp_path, pipeline_file):
+    """Eval data of 20 samples on a model fixed at batch 8: the last batch is padded."""
+    import numpy as np
+
+    from torchship.models import demo_dataset
+
+    images, labels = demo_dataset("test")
+    np.savez(tmp_path / "eval.npz", image=images[:20], labels=labels[:20])
+    path = pipeline_file(tmp_path)
+    text = path.read_text().replace(
+        'source = "demo"', 'source = "demo"\ninputs = ["image:8x1x32x32"]\neval = "eval.npz"'
+    )
+    path.write_text(text)
+    result = run_pipeline(load_pipeline(path))
+    accuracies = {r["artifact"]: r["accuracy"] for r in result.rows}
+    assert accuracies["model.onnx"] == accuracies["eager"] >= 0.95
+    assert result.passed

@@ -26,6 +26,10 @@ HEAD = '[pipeline]\nname = "demo"\nversion = "1.0"\n'
         ('[pipeline]\nname = "a/b"\nversion = "1"\n[model]\nsource = "demo"\n', r":2: \[pipeline\] name: 'a/b' must be letters"),
         ('[pipeline]\nname = "a"\nversion = "1"\nowner = "me"\n', r":4: owner: unknown key 'owner'|\[pipeline\] owner: unknown key"),
         ("[pipeline\n", "not valid TOML"),
+        (HEAD + '[model]\nsource = "demo"\n[bench]\nmin_time_s = nan\n', r":7: \[bench\] min_time_s: must be a finite number, got nan"),
+        (HEAD + '[model]\nsource = "demo"\n[gates]\nbaseline = "main"\nthreshold_pct = 5000\n', r":8: \[gates\] threshold_pct: .*5000"),
+        ('[pipeline]\nname = "demo\\n"\nversion = "1"\n[model]\nsource = "demo"\n', r":2: \[pipeline\] name: 'demo\\n' must be letters"),
+        (HEAD + '[model]\nsource = "demo"\n[engines]\nprecisions = ["int4"]\n', r"\[engines\] precisions\[0\]: unknown precision 'int4'"),
     ],
 )  # fmt: skip
 def test_validation_names_key_and_line(body, message):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -54,6 +55,31 @@ def test_added_file_is_caught(bundle, capsys):
     (bundle / "extra.onnx").write_bytes(b"not listed")
     code, text = verify(bundle, capsys)
     assert code == 1 and "extra.onnx: listed failed: not listed in the manifest" in text
+
+
+def test_added_hidden_files_are_caught(bundle, capsys):
+    """torchship writes no hidden file into a bundle, so a hidden one was added."""
+    (bundle / ".evil").write_bytes(b"x")
+    (bundle / ".git").mkdir()
+    (bundle / ".git" / "x.onnx").write_bytes(b"x")
+    assert main(["verify", str(bundle), "--json", "-"]) == 1
+    checks = json.loads(capsys.readouterr().out)["checks"]
+    unlisted = {c["path"] for c in checks if c["check"] == "listed" and c["status"] == "failed"}
+    assert unlisted == {".evil", ".git/x.onnx"}
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        ({"files": ["model.onnx"]}, "files\\[0\\] must be an object, found str"),
+        ({"files": [], "artifacts": [1]}, "artifacts\\[0\\] must be an object, found int"),
+        ([], "must hold a JSON object, found list"),
+    ],
+)
+def test_malformed_manifest_exits_2(tmp_path, capsys, manifest, message):
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    code, text = verify(tmp_path, capsys)
+    assert code == 2 and re.search(message, text), text
 
 
 def swap_in_other_weights(bundle) -> None:
