@@ -12,18 +12,30 @@ from pathlib import Path
 
 import numpy as np
 
-from torchship.calibration.data import DataSet
+from torchship.calibration.data import Batch, DataSet, ShortBatch
 from torchship.errors import CalibrationError
 
-__all__ = ["EvalOutputs", "Accuracy", "run_eval", "compare_accuracy"]
+__all__ = ["EvalOutputs", "Accuracy", "run_eval", "compare_accuracy", "near_chance_warning"]
+
+#: Slack when comparing a drop with its budget: 4 of 400 samples is a 1.0-point drop, exactly.
+BUDGET_TOLERANCE = 1e-9
+#: FP32 top-1 within this many points of chance (1 / classes) is worth a warning.
+_CHANCE_MARGIN = 0.05
+
+
+def within_budget(drop: float, max_drop: float) -> bool:
+    return drop <= max_drop + BUDGET_TOLERANCE
 
 
 @dataclass(frozen=True)
 class EvalOutputs:
-    """The first output of a model over an eval set (rows = samples), and the labels if any."""
+    """The first output of a model over an eval set (rows = samples), the labels if any, and
+    the sha256 of the samples that pass fed (two passes must see the same data)."""
 
     logits: np.ndarray
     labels: np.ndarray | None
+    sha256: str = ""
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -68,41 +80,96 @@ def run_eval(model_path: Path, data: DataSet, *, threads: int | None = None) -> 
     )
     first = session.get_outputs()[0].name
     rows, labels = [], []
-    for batch in data.batches():
-        out = np.asarray(session.run([first], batch.feeds)[0])
-        rows.append(out.reshape(out.shape[0], -1) if out.ndim != 2 else out)
+    for batch in data.batches(short=ShortBatch.PAD):  # padding rows are cut from the outputs
+        out = _run_batch(session, first, batch, Path(model_path).name)
+        out = out.reshape(out.shape[0], -1) if out.ndim != 2 else out
+        rows.append(out[: batch.samples])
         if batch.labels is not None:
+            _check_label_range(batch, num_classes=out.shape[1])
             labels.append(batch.labels)
     del session
     logits = np.concatenate(rows).astype(np.float32)
     if labels and len(labels) != len(rows):
         raise CalibrationError(f"{data.name}: only some files carry {'labels'!r}")
-    return EvalOutputs(logits, np.concatenate(labels) if labels else None)
+    return EvalOutputs(logits, np.concatenate(labels) if labels else None, data.sha256, data.name)
+
+
+def _run_batch(session, output: str, batch: Batch, model_name: str) -> np.ndarray:
+    try:
+        return np.asarray(session.run([output], batch.feeds)[0])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        lines = str(exc).strip().splitlines()
+        raise CalibrationError(
+            f"{batch.origin}: {model_name} failed on this batch: {type(exc).__name__}: "
+            f"{lines[0] if lines else ''}"
+        ) from exc
+
+
+def _check_label_range(batch: Batch, *, num_classes: int) -> None:
+    """Labels index the columns of the first output: 0..num_classes-1."""
+    if batch.labels.size and batch.labels.max() >= num_classes:
+        raise CalibrationError(
+            f"{batch.origin}: label {int(batch.labels.max())} is out of range: the model's "
+            f"first output has {num_classes} classes, labels must be 0..{num_classes - 1} "
+            "(1-based labels? subtract 1)"
+        )
 
 
 def compare_accuracy(candidate: EvalOutputs, reference: EvalOutputs) -> Accuracy:
-    """Accuracy of `candidate` relative to the FP32 `reference` on the same eval set."""
+    """Accuracy of `candidate` relative to the FP32 `reference` on the same eval set.
+
+    Drops come from integer sample counts, so 4 misses in 400 samples is exactly 1.0 point.
+    """
+    _check_same_data(candidate, reference)
     a, b = candidate.logits, reference.logits
-    agreement = float(np.mean(a.argmax(axis=1) == b.argmax(axis=1)))
+    n = len(a)
+    agree = int(np.count_nonzero(a.argmax(axis=1) == b.argmax(axis=1)))
+    agreement = agree / n
     cosine = _mean_cosine(a, b)
     labels = reference.labels
     if labels is None:
-        return Accuracy("agreement", len(a), 100.0 * (1.0 - agreement), agreement, cosine)
+        return Accuracy("agreement", n, 100.0 * (n - agree) / n, agreement, cosine)
     if labels.shape[0] != a.shape[0]:
         raise CalibrationError(
             f"eval data: {labels.shape[0]} labels for {a.shape[0]} samples; they must match"
         )
-    top1, ref1 = _topk(a, labels, 1), _topk(b, labels, 1)
-    top5 = _topk(a, labels, 5) if a.shape[1] > 5 else None
-    ref5 = _topk(b, labels, 5) if a.shape[1] > 5 else None
+    hits1, ref_hits1 = _topk_hits(a, labels, 1), _topk_hits(b, labels, 1)
+    top5 = _topk_hits(a, labels, 5) / n if a.shape[1] > 5 else None
+    ref5 = _topk_hits(b, labels, 5) / n if a.shape[1] > 5 else None
+    drop = 100.0 * (ref_hits1 - hits1) / n
     return Accuracy(
-        "labels", len(a), 100.0 * (ref1 - top1), agreement, cosine, ref1, top1, ref5, top5
+        "labels", n, drop, agreement, cosine, ref_hits1 / n, hits1 / n, ref5, top5
+    )  # fmt: skip
+
+
+def near_chance_warning(reference: EvalOutputs) -> str | None:
+    """A warning when FP32 top-1 on the labels is barely above chance: the labels (order,
+    base, file) are more likely wrong than the model."""
+    if reference.labels is None or not len(reference.logits):
+        return None
+    classes = reference.logits.shape[1]
+    chance = 1.0 / classes
+    top1 = _topk_hits(reference.logits, reference.labels, 1) / len(reference.logits)
+    if top1 >= chance + _CHANCE_MARGIN:
+        return None
+    return (
+        f"FP32 top-1 on the eval labels is {100 * top1:.1f}%, near chance ({100 * chance:.1f}% "
+        f"for {classes} classes): are the labels 0-based class indices in the model's order?"
     )
 
 
-def _topk(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
+def _check_same_data(candidate: EvalOutputs, reference: EvalOutputs) -> None:
+    if candidate.sha256 and reference.sha256 and candidate.sha256 != reference.sha256:
+        raise CalibrationError(
+            f"{reference.source or 'eval data'}: eval data changed between passes: make the "
+            f"data function deterministic (sha256 {reference.sha256[:12]}... in the FP32 pass, "
+            f"{candidate.sha256[:12]}... in a later one)"
+        )
+
+
+def _topk_hits(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
     top = np.argpartition(-logits, kth=min(k, logits.shape[1]) - 1, axis=1)[:, :k]
-    return float(np.mean((top == labels[:, None]).any(axis=1)))
+    return int(np.count_nonzero((top == labels[:, None]).any(axis=1)))
 
 
 def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torchship.calibration.data import DataSet
+from torchship.calibration.data import Batch, DataSet, ShortBatch
 from torchship.calibration.engine import quiet_ort
-from torchship.errors import CalibrationError
+from torchship.errors import CalibrationError, ToolchainError
 from torchship.registry import Registry
 
 __all__ = ["CalibrationMethodSpec", "METHODS", "compute_ranges", "write_trt_table"]
@@ -61,15 +61,16 @@ class _ChunkReader:
         return next(self._items, None)
 
 
-def _chunks(data: DataSet) -> Iterator[list[dict]]:
+def _chunks(data: DataSet) -> Iterator[list[Batch]]:
     """Lists of up to _CHUNK_BATCHES same-shaped batches (ORT's histogram collector stacks
-    one call's outputs into a single array)."""
-    chunk: list[dict] = []
-    for batch in data.batches():
-        if chunk and _shapes(chunk[0]) != _shapes(batch.feeds):
+    one call's outputs into a single array). A short batch of a fixed-batch model is dropped
+    (and logged): `data.count` and `data.sha256` then describe exactly what was fed."""
+    chunk: list[Batch] = []
+    for batch in data.batches(short=ShortBatch.DROP):
+        if chunk and _shapes(chunk[0].feeds) != _shapes(batch.feeds):
             yield chunk
             chunk = []
-        chunk.append(batch.feeds)
+        chunk.append(batch)
         if len(chunk) == _CHUNK_BATCHES:
             yield chunk
             chunk = []
@@ -104,16 +105,31 @@ def compute_ranges(model_path: Path, data: DataSet, *, method: str, symmetric: b
         try:
             with quiet_ort():
                 for chunk in _chunks(data):
-                    calibrator.collect_data(_ChunkReader(chunk))
+                    _collect(calibrator, chunk)
                 ranges = calibrator.compute_data()
-        except ValueError as exc:
-            raise CalibrationError(f"{data.name}: calibration failed: {exc}") from exc
+        except ToolchainError:
+            raise
+        except Exception as exc:  # ORT's calibrators raise many kinds
+            raise CalibrationError(f"{data.name}: calibration failed: {_reason(exc)}") from exc
         finally:
             calibrator.infer_session = None  # release the session before the temp dir goes
     log.info(
         "calibrated %d tensors on %d samples (%s)", len(list(ranges.keys())), data.count, method
     )
     return ranges
+
+
+def _collect(calibrator: Any, chunk: list[Batch]) -> None:
+    try:
+        calibrator.collect_data(_ChunkReader([b.feeds for b in chunk]))
+    except Exception as exc:  # onnxruntime's run errors: name the data that was fed
+        where = chunk[0].origin if len(chunk) == 1 else f"{chunk[0].origin} .. {chunk[-1].origin}"
+        raise CalibrationError(f"{where}: calibration run failed: {_reason(exc)}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
 def write_trt_table(ranges: Any, out_dir: Path) -> list[Path]:

@@ -9,9 +9,12 @@ accumulated while streaming, so nothing but the current batch is held.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import importlib
 import logging
+import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +24,7 @@ import numpy as np
 from torchship.errors import CalibrationError, ConfigError, ModelLoadError
 from torchship.specs import InputSpec
 
-__all__ = ["LABELS_KEY", "Batch", "DataSet", "open_data", "load_arrays"]
+__all__ = ["LABELS_KEY", "Batch", "DataSet", "ShortBatch", "open_data", "load_arrays"]
 
 log = logging.getLogger(__name__)
 
@@ -30,25 +33,46 @@ _DEFAULT_BATCH = 32
 _SUFFIXES = (".npz", ".npy")
 
 Chunk = dict[str, np.ndarray]
+#: Errors numpy raises on corrupt or truncated files (array reads in an .npz are lazy).
+_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+class ShortBatch(str, enum.Enum):
+    """What a pass does with a batch shorter than a model's fixed batch axis."""
+
+    ERROR = "error"  # feed it as is: the shape check refuses it
+    DROP = "drop"  # skip it (calibration: what was fed is what the hash describes)
+    PAD = "pad"  # repeat its first sample up to the batch; `Batch.padding` says how many
 
 
 @dataclass(frozen=True)
 class Batch:
-    """Checked model inputs by name, the file they came from, and labels when the data has them."""
+    """Checked model inputs by name, the file they came from, and labels when the data has them.
+
+    The last `padding` rows of the feeds repeat the first one to fill a fixed batch axis; they
+    are not samples, and `labels` covers only the real rows.
+    """
 
     feeds: dict[str, np.ndarray]
     origin: str
     labels: np.ndarray | None = None
+    padding: int = 0
 
     @property
     def size(self) -> int:
         return len(next(iter(self.feeds.values())))
 
+    @property
+    def samples(self) -> int:
+        return self.size - self.padding
+
 
 class DataSet:
     """A re-iterable, streaming view of one data source checked against `inputs`.
 
-    After a full pass, `sha256` and `count` describe exactly the samples that were yielded.
+    After a full pass, `sha256` and `count` describe exactly the samples that were yielded
+    (padding rows excluded); `dropped` and `padded` count what a fixed batch axis left out or
+    added in that pass.
     """
 
     def __init__(
@@ -63,27 +87,50 @@ class DataSet:
         self.inputs = tuple(inputs)
         self._chunks = chunks
         self.batch_size = batch_size or _batch_size_for(self.inputs)
+        self.fixed_batch = not _dynamic_batch(self.inputs)
         self.sha256 = ""
-        self.count = 0
+        self.count = self.dropped = self.padded = 0
 
-    def batches(self) -> Iterator[Batch]:
-        digest, count = hashlib.sha256(), 0
+    def batches(self, *, short: ShortBatch = ShortBatch.ERROR) -> Iterator[Batch]:
+        """Checked batches; `short` says what to do with one below a fixed batch axis."""
+        digest, count, dropped, padded = hashlib.sha256(), 0, 0, 0
         for origin, chunk in self._chunks():
             for batch in _split(origin, chunk, self.batch_size, self.inputs):
+                if self.fixed_batch and batch.size < self.batch_size:
+                    if short is ShortBatch.DROP:
+                        log.warning(
+                            "%s: dropped %d samples that do not fill the model's fixed batch "
+                            "of %d", batch.origin, batch.size, self.batch_size
+                        )  # fmt: skip
+                        dropped += batch.size
+                        continue
+                    if short is ShortBatch.PAD:
+                        batch = _padded(batch, self.batch_size)
+                        padded += batch.padding
                 _check_batch(batch, self.inputs)
                 _update_digest(digest, batch)
-                count += batch.size
+                count += batch.samples
                 yield batch
         if count == 0:
-            raise CalibrationError(f"{self.name}: no samples (an empty data set)")
+            extra = f" ({dropped} dropped: fewer than the fixed batch {self.batch_size})"
+            raise CalibrationError(
+                f"{self.name}: no samples (an empty data set)" + (extra if dropped else "")
+            )
         self.sha256, self.count = digest.hexdigest(), count
+        self.dropped, self.padded = dropped, padded
 
     def __iter__(self) -> Iterator[Batch]:
         return self.batches()
 
     def describe(self) -> dict:
-        """{"source", "sha256", "samples"} after a full pass."""
-        return {"source": self.name, "sha256": self.sha256, "samples": self.count}
+        """{"source", "sha256", "samples"} after a full pass, plus "dropped_samples" or
+        "padding_rows" when a fixed batch axis made that pass leave out or add rows."""
+        out: dict = {"source": self.name, "sha256": self.sha256, "samples": self.count}
+        if self.dropped:
+            out["dropped_samples"] = self.dropped
+        if self.padded:
+            out["padding_rows"] = self.padded
+        return out
 
 
 def open_data(
@@ -154,11 +201,14 @@ def _load_file(path: Path, inputs: Sequence[InputSpec]) -> Chunk:
                 )
             return {inputs[0].name: np.load(path, allow_pickle=False)}
         with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
+            return {key: data[key] for key in data.files}  # data[key] reads (and may fail) here
     except CalibrationError:
         raise
-    except (OSError, ValueError) as exc:
-        raise CalibrationError(f"{path}: not a readable numpy file ({exc})") from None
+    except _READ_ERRORS as exc:
+        reason = f"{type(exc).__name__}: {_first_line(exc)}"
+        raise CalibrationError(
+            f"{path}: not a readable numpy file, corrupt or truncated? ({reason})"
+        ) from None
 
 
 def _array_chunks(origin: str, arrays: Chunk, *, samples: int | None, seed: int):
@@ -198,7 +248,7 @@ def _function_chunks(text: str, *, samples: int | None):
 
     def chunks() -> Iterator[tuple[str, Chunk]]:
         left = samples
-        for i, item in enumerate(_call(function, text)):
+        for i, item in enumerate(_iterate(_call(function, text), text)):
             if not isinstance(item, Mapping):
                 raise CalibrationError(
                     f"{text}: item {i} is a {type(item).__name__}, expected a dict of arrays"
@@ -228,6 +278,10 @@ def _resolve_function(text: str) -> Callable[[], Iterable]:
             module = importlib.import_module(target)
         except ImportError as exc:
             raise CalibrationError(f"{text}: cannot import {target!r}: {exc}") from None
+        except Exception as exc:  # the user's module raised while being imported
+            raise CalibrationError(
+                f"{text}: importing {target!r} failed: {type(exc).__name__}: {_first_line(exc)}"
+            ) from exc
     function = getattr(module, attr, None)
     if not callable(function):
         raise CalibrationError(f"{text}: {target!r} has no callable {attr!r}")
@@ -238,7 +292,9 @@ def _call(function: Callable[[], Iterable], text: str) -> Iterable:
     try:
         result = function()
     except Exception as exc:
-        raise CalibrationError(f"{text}: calling it failed: {type(exc).__name__}: {exc}") from exc
+        raise CalibrationError(
+            f"{text}: calling it failed: {type(exc).__name__}: {_first_line(exc)}"
+        ) from exc
     if isinstance(result, Mapping):
         return [result]
     if not isinstance(result, Iterable):
@@ -246,6 +302,33 @@ def _call(function: Callable[[], Iterable], text: str) -> Iterable:
             f"{text}: returned a {type(result).__name__}, expected dicts of arrays"
         )
     return result
+
+
+def _iterate(items: Iterable, text: str) -> Iterator:
+    """The user's items; an error raised while producing one becomes a CalibrationError."""
+    try:
+        iterator = iter(items)
+    except Exception as exc:
+        raise CalibrationError(
+            f"{text}: iterating it failed: {type(exc).__name__}: {_first_line(exc)}"
+        ) from exc
+    index = 0
+    while True:
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        except Exception as exc:
+            raise CalibrationError(
+                f"{text}: producing item {index} failed: {type(exc).__name__}: {_first_line(exc)}"
+            ) from exc
+        yield item
+        index += 1
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 # --- selection, splitting and checks ----------------------------------------------------------
@@ -281,11 +364,45 @@ def _split(
     _check_names(origin, chunk, inputs)
     total = _sample_count(origin, chunk)
     labels = chunk.get(LABELS_KEY)
+    if labels is not None:
+        labels = _checked_labels(origin, labels)
     for start in range(0, total, batch_size):
         stop = min(start + batch_size, total)
         feeds = {s.name: np.ascontiguousarray(chunk[s.name][start:stop]) for s in inputs}
-        batch_labels = None if labels is None else np.asarray(labels[start:stop], dtype=np.int64)
+        batch_labels = None if labels is None else labels[start:stop]
         yield Batch(feeds, f"{origin} samples {start}..{stop - 1}", batch_labels)
+
+
+def _checked_labels(origin: str, labels: np.ndarray) -> np.ndarray:
+    """Class indices as int64; one-hot, float or negative labels are refused, not guessed at.
+    The upper bound (the number of classes) is checked against the logits at eval time."""
+    where = f"{origin}: {LABELS_KEY!r}"
+    if labels.ndim != 1:
+        raise CalibrationError(
+            f"{where} has shape {list(labels.shape)}; expected 1-D class indices (one per "
+            "sample); for one-hot labels save labels.argmax(axis=1)"
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise CalibrationError(
+            f"{where} has dtype {labels.dtype}; expected integer class indices "
+            "(save labels.astype(np.int64))"
+        )
+    if labels.size and labels.min() < 0:
+        raise CalibrationError(
+            f"{where}: label {int(labels.min())} is negative; expected class indices 0..N-1"
+        )
+    return labels.astype(np.int64, copy=False)
+
+
+def _padded(batch: Batch, size: int) -> Batch:
+    """`batch` filled up to `size` rows by repeating its first sample."""
+    fill = size - batch.size
+    feeds = {
+        name: np.ascontiguousarray(np.concatenate([value, np.repeat(value[:1], fill, axis=0)]))
+        for name, value in batch.feeds.items()
+    }
+    origin = f"{batch.origin} (+{fill} padding rows)"
+    return Batch(feeds, origin, batch.labels, batch.padding + fill)
 
 
 def _check_names(origin: str, chunk: Chunk, inputs: Sequence[InputSpec]) -> None:
@@ -318,21 +435,42 @@ def _check_batch(batch: Batch, inputs: Sequence[InputSpec]) -> None:
                 raise CalibrationError(
                     f"{where}: sample {index} of the batch holds {kind}; data must be finite"
                 )
+    _check_shared_dims(batch, inputs)
+
+
+def _check_shared_dims(batch: Batch, inputs: Sequence[InputSpec]) -> None:
+    """A symbolic dim named in several inputs (a[batch, seq], b[batch, seq]) has one size."""
+    seen: dict[str, tuple[str, int, int]] = {}  # dim name -> (input, axis, size)
+    for spec in inputs:
+        shape = batch.feeds[spec.name].shape
+        for axis, dim in spec.dynamic.items():
+            if dim in seen and seen[dim][2] != shape[axis]:
+                other, other_axis, size = seen[dim]
+                raise CalibrationError(
+                    f"{batch.origin}: dim {dim!r} is {size} in input {other!r} (axis "
+                    f"{other_axis}) but {shape[axis]} in input {spec.name!r} (axis {axis}); "
+                    "inputs sharing a dim name must agree within a batch"
+                )
+            seen.setdefault(dim, (spec.name, axis, shape[axis]))
 
 
 def _update_digest(digest, batch: Batch) -> None:
     """Hash sample by sample, so the digest does not depend on how samples were batched."""
     names = sorted(batch.feeds)
-    for i in range(batch.size):
+    for i in range(batch.samples):
         for name in names:
             value = batch.feeds[name]
             digest.update(f"{name}:{value.dtype.str}:{value.shape[1:]}".encode())
             digest.update(np.ascontiguousarray(value[i]).tobytes())
 
 
+def _dynamic_batch(inputs: Sequence[InputSpec]) -> bool:
+    return bool(inputs) and all(s.shape and 0 in s.dynamic for s in inputs)
+
+
 def _batch_size_for(inputs: Sequence[InputSpec]) -> int:
     """Dynamic batch axis: batches of 32; a fixed axis 0: that size."""
-    if inputs and all(s.shape and 0 in s.dynamic for s in inputs):
+    if _dynamic_batch(inputs):
         return _DEFAULT_BATCH
     if inputs and inputs[0].shape:
         return inputs[0].shape[0]

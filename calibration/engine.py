@@ -12,7 +12,7 @@ from typing import Any
 import onnx
 
 from torchship.calibration.presets import QuantPreset
-from torchship.errors import ExportError
+from torchship.errors import ExportError, ModelLoadError
 
 __all__ = [
     "QUANTIZABLE_WEIGHT_OPS",
@@ -25,11 +25,26 @@ __all__ = [
     "convert_fp16",
     "weight_op_nodes",
     "conv_heavy",
+    "quantized_op_types",
 ]
 
 log = logging.getLogger(__name__)
 
 QUANTIZABLE_WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+#: Ops only a quantized graph has (QLinear* are matched by prefix).
+QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "ConvInteger",
+        "MatMulInteger",
+        "MatMulIntegerToFloat",
+        "DynamicQuantizeMatMul",
+        "QGemm",
+        "QAttention",
+    }
+)
 #: Dynamic quantization touches only these: dynamic convs ran ~6x slower than FP32 (DESIGN.md).
 DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Attention")
 
@@ -150,3 +165,13 @@ def conv_heavy(path: Path) -> bool:
     types = [op for _, op in weight_op_nodes(path)]
     convs = sum(op.startswith("Conv") for op in types)
     return convs > len(types) - convs
+
+
+def quantized_op_types(path: Path) -> list[str]:
+    """The quantized op types in `path`'s graph (Q/DQ, QLinear*, *Integer); empty for FP32."""
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise ModelLoadError(f"{path}: not a readable ONNX model ({exc})") from None
+    ops = {n.op_type for n in graph.node}
+    return sorted(op for op in ops if op in QUANTIZED_OPS or op.startswith("QLinear"))

@@ -7,7 +7,7 @@ import itertools
 import logging
 
 from torchship.artifact import Artifact
-from torchship.calibration.data import DataSet
+from torchship.calibration.data import DataSet, ShortBatch
 
 __all__ = ["parity_vs_fp32", "bench_vs_fp32", "bench_batch_for"]
 
@@ -26,7 +26,7 @@ def parity_vs_fp32(source: Artifact, artifact: Artifact, data: DataSet) -> dict:
     cases = []
     runner_cls = get_runner("ort-cpu")
     with runner_cls(source) as fp32, runner_cls(artifact) as candidate:
-        for batch in itertools.islice(data.batches(), _PARITY_BATCHES):
+        for batch in itertools.islice(data.batches(short=ShortBatch.PAD), _PARITY_BATCHES):
             expected, got = fp32.infer(batch.feeds), candidate.infer(batch.feeds)
             for name in source.outputs:
                 cases.append(compare_arrays(batch.origin, name, expected[name], got[name], profile))
@@ -35,6 +35,7 @@ def parity_vs_fp32(source: Artifact, artifact: Artifact, data: DataSet) -> dict:
     return {
         "passed": passed,
         "profile": artifact.precision.value,
+        "min_cosine_required": profile.min_cosine,
         "comparisons": len(cases),
         "min_cosine": None if worst is None else round(worst.cosine, 6),
         "max_abs": None if worst is None else round(max(c.max_abs for c in cases), 6),

@@ -8,6 +8,7 @@ ORT's optimizations (proof it runs as INT8) and an FP32-vs-INT8 timing in the sa
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import shutil
 import tempfile
@@ -19,7 +20,12 @@ import numpy as np
 
 from torchship.artifact import Artifact, Format, Precision
 from torchship.calibration import engine
-from torchship.calibration.accuracy import Accuracy, compare_accuracy, run_eval
+from torchship.calibration.accuracy import (
+    Accuracy,
+    compare_accuracy,
+    near_chance_warning,
+    run_eval,
+)
 from torchship.calibration.calibrators import METHODS, compute_ranges, write_trt_table
 from torchship.calibration.data import DataSet, open_data
 from torchship.calibration.inspect_int8 import count_ops
@@ -73,6 +79,10 @@ class QuantizeOptions:
             raise ConfigError(f"--max-drop {self.max_drop}: must be 0..100 percentage points")
         if self.method is not None:
             METHODS.get(self.method)
+        if self.max_excluded is not None and self.max_excluded < 0:
+            raise ConfigError(f"--max-fp32-nodes {self.max_excluded}: must be >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads {self.threads}: must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,7 @@ def quantize(
     opts = options or QuantizeOptions()
     source = open_source(model)
     out_dir, file_name = _output_paths(source, out, opts)
+    _check_output(source, out_dir, file_name, opts)
     with staged_output(out_dir) as stage, tempfile.TemporaryDirectory(prefix="tsq-") as tmp:
         run = _Run(source, opts, Path(tmp), calib=calib, eval_data=eval_data)
         artifact, report = run.execute(stage / file_name, stage)
@@ -132,6 +143,12 @@ def open_source(model: str | Path | Artifact) -> Artifact:
         )
     if artifact.precision is not Precision.FP32:
         raise ConfigError(f"{artifact.path}: already {artifact.precision.value}; give the FP32 one")
+    found = engine.quantized_op_types(artifact.path)
+    if found:
+        raise ConfigError(
+            f"{artifact.path}: already quantized (it has {', '.join(found)} nodes); "
+            "give the FP32 model"
+        )
     return artifact
 
 
@@ -144,6 +161,35 @@ def _output_paths(source: Artifact, out: str | Path | None, opts: QuantizeOption
     if out.suffix == ".onnx":
         return out.parent, out.name
     return out, f"{source.path.stem}.{tag}.onnx"
+
+
+def _check_output(source: Artifact, out_dir: Path, file_name: str, opts: QuantizeOptions) -> None:
+    """Refuse outputs that would overwrite the FP32 source or another command's manifest."""
+    from torchship.manifest import MANIFEST_NAME
+
+    target = out_dir / file_name
+    if target.resolve() == source.path.resolve():
+        raise ConfigError(
+            f"-o {target}: that is the FP32 source itself; write the quantized model elsewhere"
+        )
+    manifest = out_dir / MANIFEST_NAME
+    if not manifest.is_file():
+        return
+    try:
+        described = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        described = None
+    if isinstance(described, dict) and "quantization" in described:
+        return  # a previous quantize output: replacing it is what -o asks for
+    names = []
+    if isinstance(described, dict):
+        names = [str(a.get("path")) for a in described.get("artifacts", []) if isinstance(a, dict)]
+    what = f"describes {', '.join(names)}" if names else "is not a quantize manifest"
+    suggestion = out_dir / f"{source.path.stem}-{_tag(opts)}"
+    raise ConfigError(
+        f"-o {out_dir}: its {MANIFEST_NAME} {what}; quantize would replace it; write to a "
+        f"subfolder instead, e.g. -o {suggestion}"
+    )
 
 
 def _tag(opts: QuantizeOptions) -> str:
@@ -209,6 +255,13 @@ class _Run:
         ranges = compute_ranges(
             pre, self.calib, method=method, symmetric=preset.symmetric_activations
         )
+        # Now, not after the eval passes: those may reuse (and re-hash) the same data set.
+        self.report["calibration"] = self.calib.describe()
+        if self.calib.dropped:
+            self.warn(
+                f"calibration: {self.calib.dropped} samples left out: they do not fill the "
+                f"model's fixed batch of {self.calib.batch_size}"
+            )
         cache = engine.save_ranges(ranges, self.tmp / "ranges.json")
         if preset.calibration_table:
             self.report["calibration_table"] = [p.name for p in write_trt_table(ranges, stage)]
@@ -274,6 +327,9 @@ class _Run:
         data = self._eval_data()
         reference = run_eval(self.source.path, data, threads=self.opts.threads)
         self.eval_data = data
+        chance = near_chance_warning(reference)
+        if chance:
+            self.warn(chance)
 
         def evaluate(excluded: tuple[str, ...]) -> Accuracy:
             outputs = run_eval(make(excluded), data, threads=self.opts.threads)
@@ -288,8 +344,8 @@ class _Run:
         )
         self.report["accuracy"] = {**result.accuracy.to_dict(), "max_drop": max_drop}
         self.report["eval"] = data.describe()
-        if self.calib is not None and self.report.get("mode") == "static":
-            self.report["calibration"] = self.calib.describe()
+        if data.padded:
+            log.info("eval: %d padding rows filled the fixed batch (not scored)", data.padded)
         self.report["fallback"] = result.to_dict()
         if not result.passed:
             self.warn(f"accuracy budget missed: {result.accuracy.summary()}, max {max_drop} points")
@@ -311,6 +367,8 @@ class _Run:
         if precision is Precision.INT8 and counts.integer == 0:
             self.warn(f"{artifact.path.name}: no integer kernels after ORT optimization")
         self.report["parity"] = parity_vs_fp32(self.source, artifact, self.eval_data)
+        if not self.report["parity"]["passed"]:
+            self.warn(_parity_failure(self.report["parity"]))
         if self.opts.bench:
             timing = bench_vs_fp32(self.source, artifact, options=self.opts)
             self.report["timing"] = timing
@@ -320,6 +378,17 @@ class _Run:
                     f"(p50 {timing['p50_ms']:.3f} ms vs {timing['fp32_p50_ms']:.3f} ms, "
                     f"batch {timing['batch']})" + _cpu_timing_note(self.report)
                 )
+
+
+def _parity_failure(parity: dict) -> str:
+    cosine, required = parity.get("min_cosine"), parity.get("min_cosine_required")
+    where = f"{parity['profile']} profile, first eval batches"
+    if cosine is not None and required is not None and cosine < required:
+        return f"parity vs FP32 failed: min cosine {cosine} < {required} ({where})"
+    return (
+        f"parity vs FP32 failed: max abs diff {parity.get('max_abs')} outside the tolerance, or "
+        f"non-finite outputs ({where})"
+    )
 
 
 def _cpu_timing_note(report: dict) -> str:

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from torchship.calibration.accuracy import Accuracy
+from torchship.calibration.accuracy import Accuracy, within_budget
 
 __all__ = ["FallbackStep", "FallbackResult", "fallback_loop"]
 
@@ -73,8 +73,8 @@ def fallback_loop(
     budget holds. Returns the best configuration seen (the first within budget, else the
     lowest drop)."""
     initial = evaluate(())
-    if initial.drop <= max_drop or not candidates:
-        return FallbackResult((), initial, initial.drop <= max_drop, initial)
+    if within_budget(initial.drop, max_drop) or not candidates:
+        return FallbackResult((), initial, within_budget(initial.drop, max_drop), initial)
     alone = {name: evaluate((name,)).drop for name, _ in candidates}
     order = sorted(candidates, key=lambda c: alone[c[0]])
     limit = max_excluded if max_excluded is not None else len(order)
@@ -90,8 +90,8 @@ def fallback_loop(
         current = accuracy
         if accuracy.drop < best[1].drop:
             best = (tuple(excluded), accuracy)
-        if accuracy.drop <= max_drop:
+        if within_budget(accuracy.drop, max_drop):
             break
-    passed = best[1].drop <= max_drop
+    passed = within_budget(best[1].drop, max_drop)
     kept = steps[: len(best[0])]
     return FallbackResult(best[0], best[1], passed, initial, tuple(kept), alone)

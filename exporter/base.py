@@ -14,12 +14,13 @@ import torch
 
 from torchship.artifact import Artifact, Format
 from torchship.errors import ConfigError, ExportError, ToolchainError
-from torchship.loaded import LoadedModel, to_torch_inputs
+from torchship.loaded import LoadedModel, eval_mode, to_torch_inputs
 from torchship.registry import Registry
 from torchship.specs import InputSpec
 
 __all__ = [
     "DEFAULT_OPSET",
+    "MIN_OPSET",
     "ExportOptions",
     "Exporter",
     "EXPORTERS",
@@ -28,11 +29,21 @@ __all__ = [
     "export_args",
     "first_line",
     "quiet_torch",
+    "supported_opsets",
 ]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 18
+#: The oldest ONNX opset torch.onnx writes.
+MIN_OPSET = 7
+
+
+def supported_opsets() -> range:
+    """The opsets an export may ask for: MIN_OPSET up to the newest the onnx package knows."""
+    import onnx
+
+    return range(MIN_OPSET, onnx.defs.onnx_opset_version() + 1)
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,17 @@ class ExportOptions:
     script: bool = False
     dynamo: bool | None = None
     validate: bool = True
+
+    def __post_init__(self) -> None:
+        if self.opset is None:
+            return
+        valid = supported_opsets()
+        is_int = isinstance(self.opset, int) and not isinstance(self.opset, bool)
+        if not is_int or self.opset not in valid:
+            raise ConfigError(
+                f"--opset {self.opset}: not a supported ONNX opset; valid: {valid.start}.."
+                f"{valid.stop - 1} (default {DEFAULT_OPSET})"
+            )
 
     @property
     def opset_version(self) -> int:
@@ -88,7 +110,7 @@ def export_feeds(model: LoadedModel) -> dict[str, np.ndarray]:
                 shape = list(value.shape)
                 shape[axis] = 2
                 value = np.zeros(shape, dtype=value.dtype)
-        feeds[spec.name] = np.ascontiguousarray(value)
+        feeds[spec.name] = np.asarray(value, order="C")  # keeps 0-d inputs 0-d
     return feeds
 
 
@@ -126,7 +148,7 @@ def export_model(
         raise ConfigError(f"no export format given; valid: {', '.join(EXPORTERS.names())}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.module.eval()
+    eval_mode(model.module)
     artifacts = []
     for name, exporter in exporters:
         path = out_dir / f"{stem}{Format(name).suffix}"

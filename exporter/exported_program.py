@@ -16,7 +16,7 @@ from torchship.exporter.base import (
     quiet_torch,
 )
 from torchship.files import atomic_path
-from torchship.loaded import LoadedModel
+from torchship.loaded import LoadedModel, eval_mode
 
 __all__ = ["export_exported_program", "to_exported_program"]
 
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def to_exported_program(model: LoadedModel) -> torch.export.ExportedProgram:
     """torch.export.export of the model, dynamic along the dims the specs name."""
-    module = model.module.eval()
+    module = eval_mode(model.module)
     with quiet_torch():
         return torch.export.export(
             module, export_args(model), dynamic_shapes=dynamic_shapes_for(model.inputs)

@@ -25,10 +25,16 @@ from torchship.exporter.base import (
 )
 from torchship.exporter.onnx_io import onnx_dtype_name
 from torchship.files import atomic_path
-from torchship.loaded import LoadedModel
+from torchship.loaded import LoadedModel, eval_mode
 from torchship.specs import InputSpec, random_feeds
 
-__all__ = ["export_onnx", "export_onnx_dynamo", "export_onnx_legacy", "conform_onnx_io"]
+__all__ = [
+    "export_onnx",
+    "export_onnx_dynamo",
+    "export_onnx_legacy",
+    "conform_onnx_io",
+    "onnx_opset",
+]
 
 log = logging.getLogger(__name__)
 
@@ -40,37 +46,65 @@ _PROTOBUF_LIMIT = 2**31 - 1
 def export_onnx(model: LoadedModel, path: Path, *, options: ExportOptions) -> Artifact:
     """Write one self-contained ONNX file; `details["exporter"]` says "dynamo" or "legacy"."""
     _check_size(model, path)
-    model.module.eval()
+    eval_mode(model.module)
     with atomic_path(path, suffix=".onnx") as tmp:
         exporter = _export_any(model, tmp, options)
+        opset = _require_opset(tmp, options.opset_version, exporter)
         conform_onnx_io(tmp, model.inputs, model.outputs)
         if options.validate:
             _check_model(tmp, path)
-    log.info("wrote %s (%s exporter, opset %d)", path, exporter, options.opset_version)
+    log.info("wrote %s (%s exporter, opset %d)", path, exporter, opset)
     return Artifact.create(
         path,
         format=Format.ONNX,
         inputs=model.inputs,
         outputs=model.outputs,
-        details={"exporter": exporter, "opset": options.opset_version},
+        details={"exporter": exporter, "opset": opset},
     )
 
 
 def _export_any(model: LoadedModel, tmp: Path, options: ExportOptions) -> str:
+    opset = options.opset_version
     if options.dynamo is False:
-        export_onnx_legacy(model, tmp, opset=options.opset_version)
+        export_onnx_legacy(model, tmp, opset=opset)
         return "legacy"
     try:
-        export_onnx_dynamo(model, tmp, opset=options.opset_version)
-        return "dynamo"
+        export_onnx_dynamo(model, tmp, opset=opset)
     except Exception as exc:
         if options.dynamo:
             raise ExportError(f"dynamo ONNX export failed: {first_line(exc)}") from exc
         log.warning(
             "dynamo ONNX export failed (%s); falling back to the legacy exporter", first_line(exc)
         )
-    export_onnx_legacy(model, tmp, opset=options.opset_version)
+    else:
+        written = onnx_opset(tmp)
+        # Below its own opset (18) the dynamo exporter converts, and keeps 18 when that fails.
+        if written == opset or options.dynamo:
+            return "dynamo"
+        log.warning(
+            "the dynamo ONNX exporter wrote opset %s, not the requested %d; falling back to the "
+            "legacy exporter", written, opset,
+        )  # fmt: skip
+    export_onnx_legacy(model, tmp, opset=opset)
     return "legacy"
+
+
+def onnx_opset(path: Path) -> int | None:
+    """The default-domain (ai.onnx) opset an ONNX file imports, None when it imports none."""
+    proto = onnx.load(str(path), load_external_data=False)
+    versions = [e.version for e in proto.opset_import if e.domain in ("", "ai.onnx")]
+    return versions[0] if versions else None
+
+
+def _require_opset(tmp: Path, opset: int, exporter: str) -> int:
+    written = onnx_opset(tmp)
+    if written != opset:
+        hint = " or the legacy exporter (--legacy-onnx)" if exporter == "dynamo" else ""
+        raise ExportError(
+            f"the {exporter} ONNX exporter wrote opset {written}, not the requested {opset}; "
+            f"use --opset {written}{hint}"
+        )
+    return opset
 
 
 def export_onnx_dynamo(model: LoadedModel, path: Path, *, opset: int) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 from torchship.artifact import Artifact
 from torchship.errors import ParityError
 from torchship.exporter.tolerance import ToleranceProfile, tolerance_for
-from torchship.loaded import LoadedModel
+from torchship.loaded import LoadedModel, eval_mode
 from torchship.specs import InputSpec, random_feeds
 
 __all__ = ["OutputComparison", "ParityReport", "check_parity", "require_parity", "compare_arrays"]
@@ -106,7 +106,7 @@ def check_parity(
     runtime = runtime or default_runtime_for(artifact.format)
     profile = profile or tolerance_for(artifact.precision.value)
     report = ParityReport(artifact.path.name, runtime, profile)
-    model.module.eval()
+    eval_mode(model.module)
     with get_runner(runtime)(artifact, threads=None) as runner:
         for case, feeds in _cases(model, num_random=num_random, seed=seed):
             expected = model.run(feeds)

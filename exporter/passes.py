@@ -18,7 +18,7 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from torchship.loaded import LoadedModel
+from torchship.loaded import LoadedModel, eval_mode
 from torchship.registry import Registry
 
 __all__ = ["PASSES", "PassResult", "fold_batchnorm", "run_passes"]
@@ -51,7 +51,7 @@ PASSES: Registry[GraphPass] = Registry("graph pass")
 @PASSES.register("fold-batchnorm")
 def fold_batchnorm(module: nn.Module) -> PassResult:
     """Fold conv/linear -> BatchNorm pairs into the conv/linear; the BatchNorm becomes Identity."""
-    module = copy.deepcopy(module).eval()
+    module = eval_mode(copy.deepcopy(module))
     try:
         traced = fx.symbolic_trace(module)
     except Exception as exc:  # data-dependent control flow: leave the model as it is
@@ -118,5 +118,5 @@ def run_passes(
         results.append(result)
         module = result.module
     with torch.inference_mode():
-        module.eval()
+        eval_mode(module)
     return replace(model, module=module), results

@@ -18,8 +18,13 @@ import torch
 from torch.nn import functional as F
 
 from torchship.errors import CalibrationError, ConfigError
-from torchship.exporter.prune_importance import LABELS_KEY, check_training_data, iterate_batches
-from torchship.loaded import LoadedModel
+from torchship.exporter.prune_importance import (
+    LABELS_KEY,
+    check_label_range,
+    check_training_data,
+    iterate_batches,
+)
+from torchship.loaded import LoadedModel, eval_mode
 
 __all__ = ["RecoveryMode", "DistillConfig", "TrainReport", "recover", "evaluate_accuracy"]
 
@@ -116,7 +121,7 @@ def recover(
             step(f"{config.mode.value} epoch {epoch + 1}/{config.epochs}: loss {loss:.4f}, "
                  f"train acc {acc:.2%}")  # fmt: skip
             log.info("epoch %d: loss %.4f, train accuracy %.4f", epoch + 1, loss, acc)
-    module.eval()
+    eval_mode(module)
     report = TrainReport(config.mode.value, config.epochs, count, tuple(losses), tuple(accuracies))
     return replace(student, module=module), report
 
@@ -151,11 +156,14 @@ def _loss(logits, inputs, labels, teacher, config: DistillConfig) -> torch.Tenso
         raise ConfigError(
             f"recovery needs a classifier returning [batch, classes], got {list(logits.shape)}"
         )
-    ce = F.cross_entropy(logits, labels) if labels is not None else None
+    ce = None
+    if labels is not None:
+        check_label_range(labels, logits.shape[1], what="training data")
+        ce = F.cross_entropy(logits, labels)
     if config.mode is RecoveryMode.FINETUNE:
         return ce
     with torch.no_grad():
-        teacher.module.eval()
+        eval_mode(teacher.module)
         target = teacher.module(*inputs)
     t = config.temperature
     kd = F.kl_div(
@@ -174,11 +182,14 @@ def evaluate_accuracy(
     if LABELS_KEY not in data:
         return None
     check_training_data(data, model.inputs, what="eval data")
-    model.module.eval()
+    eval_mode(model.module)
     correct, seen = 0, 0
     with torch.inference_mode():
         for inputs, labels in iterate_batches(data, model.inputs, batch_size=batch_size):
             logits = model.module(*inputs)
+            if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+                raise ConfigError("accuracy needs a classifier returning [batch, classes] logits")
+            check_label_range(labels, logits.shape[1], what="eval data")
             correct += int((logits.argmax(dim=1) == labels).sum())
             seen += len(labels)
     return correct / seen

@@ -16,6 +16,7 @@ import torch
 import torch_pruning as tp
 
 from torchship.errors import CalibrationError, ConfigError
+from torchship.loaded import eval_mode
 from torchship.registry import Registry
 from torchship.specs import InputSpec
 
@@ -24,6 +25,7 @@ __all__ = [
     "ImportanceSpec",
     "LABELS_KEY",
     "accumulate_taylor_gradients",
+    "check_label_range",
     "check_training_data",
     "iterate_batches",
 ]
@@ -66,7 +68,7 @@ def check_training_data(
         )
     counts = {name: len(np.asarray(data[name])) for name in [s.name for s in specs]}
     if LABELS_KEY in data:
-        counts[LABELS_KEY] = len(np.asarray(data[LABELS_KEY]))
+        counts[LABELS_KEY] = _check_label_array(np.asarray(data[LABELS_KEY]), what=what)
     if len(set(counts.values())) != 1:
         raise CalibrationError(f"{what}: arrays disagree on the number of samples: {counts}")
     count = next(iter(counts.values()))
@@ -80,6 +82,37 @@ def check_training_data(
                 f"expected rank {len(spec.shape) - 1} like {list(spec.shape[1:])}"
             )
     return count
+
+
+def _check_label_array(labels: np.ndarray, *, what: str) -> int:
+    """CalibrationError unless `labels` is 1-D and holds whole numbers; returns its length."""
+    if labels.ndim != 1:
+        raise CalibrationError(
+            f"{what}: '{LABELS_KEY}' must be 1-D class ids, got shape {list(labels.shape)}"
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        numeric = np.issubdtype(labels.dtype, np.floating)
+        bad = ~np.isfinite(labels) | (labels != np.round(labels)) if numeric else None
+        if not numeric or bad.any():
+            example = labels[bad][0] if numeric else labels[:1].tolist()
+            raise CalibrationError(
+                f"{what}: '{LABELS_KEY}' must be integer class ids, got {labels.dtype} "
+                f"(e.g. {example})"
+            )
+    return len(labels)
+
+
+def check_label_range(labels: torch.Tensor, classes: int, *, what: str) -> None:
+    """CalibrationError unless every label is a class id in [0, classes) of the logits."""
+    if not labels.numel():
+        return
+    low, high = int(labels.min()), int(labels.max())
+    bad = low if low < 0 else high if high >= classes else None
+    if bad is not None:
+        raise CalibrationError(
+            f"{what}: label {bad} is out of range: the model has {classes} classes, labels must "
+            f"be 0..{classes - 1} (1-based labels? subtract 1)"
+        )
 
 
 def iterate_batches(
@@ -120,8 +153,9 @@ def accumulate_taylor_gradients(
     """Fill `.grad` of every parameter with the loss gradient over up to `max_batches` batches."""
     if data is None:
         raise ConfigError("importance 'taylor' needs data; pass --train DATA or use l1/l2")
+    check_training_data(data, specs)
     module.zero_grad(set_to_none=True)
-    module.eval()  # BN statistics stay as trained: importance of the deployed network
+    eval_mode(module)  # BN statistics stay as trained: importance of the deployed network
     for index, (inputs, labels) in enumerate(iterate_batches(data, specs, batch_size=batch_size)):
         if index >= max_batches:
             break
@@ -130,5 +164,7 @@ def accumulate_taylor_gradients(
             raise ConfigError(
                 "importance 'taylor' needs a classifier returning one [batch, classes] tensor"
             )
+        if labels is not None:
+            check_label_range(labels, logits.shape[1], what="training data")
         targets = labels if labels is not None else logits.detach().argmax(dim=1)
         torch.nn.functional.cross_entropy(logits, targets).backward()

@@ -78,9 +78,10 @@ def prune(
             target_speedup=target_speedup,
             target_latency_ms=target_latency_ms,
             runtime=runtime or "ort-cpu",
-            batch=batch or 8,
+            batch=8 if batch is None else batch,
             config=config,
             eval_data=eval,
+            data=train,
             progress=step,
         )
         pruned = search.chosen

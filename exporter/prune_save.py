@@ -52,7 +52,7 @@ def save_pruned(
 
     names = list(formats) if formats else list(FILE_FORMATS)
     export_from, passes = run_passes(model) if fold_batchnorm else (model, [])
-    with staged_output(out_dir) as stage:
+    with staged_output(out_dir, keep=[model.source]) as stage:
         artifacts = export_model(export_from, stage, formats=names, options=options)
         parity = {a.path.name: require_parity(model, a).to_dict() for a in artifacts}
         state = {k: v.detach().contiguous().clone() for k, v in model.module.state_dict().items()}

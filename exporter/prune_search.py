@@ -18,7 +18,14 @@ import numpy as np
 
 from torchship.errors import CheckFailedError, ConfigError
 from torchship.exporter.prune_distill import evaluate_accuracy
-from torchship.exporter.pruning import PruneConfig, PruneResult, check_ratio, prune_channels
+from torchship.exporter.prune_importance import IMPORTANCES
+from torchship.exporter.pruning import (
+    PruneConfig,
+    PruneResult,
+    check_ratio,
+    prune_channels,
+    require_prunable_module,
+)
 from torchship.loaded import LoadedModel
 
 __all__ = ["SearchRow", "SearchResult", "measure_latency", "search_ratio"]
@@ -95,21 +102,32 @@ def search_ratio(
     batch: int = 8,
     config: PruneConfig | None = None,
     eval_data: dict[str, np.ndarray] | None = None,
+    data: dict[str, np.ndarray] | None = None,
     steps: int = 4,
     max_ratio: float = 0.85,
     min_time_s: float = 0.3,
     progress: Callable[[str], None] | None = None,
 ) -> SearchResult:
-    """Bisect the ratio for the smallest one meeting the target; CheckFailedError if none does."""
+    """Bisect the ratio for the smallest one meeting the target; CheckFailedError if none does.
+
+    `data` feeds importance criteria that need it (taylor), as in `prune_channels`.
+    """
     if (target_speedup is None) == (target_latency_ms is None):
         raise ConfigError("give exactly one of --target-speedup and --target-latency-ms")
     if target_speedup is not None and not target_speedup > 1.0:
         raise ConfigError(f"--target-speedup {target_speedup} must be > 1")
     if target_latency_ms is not None and not target_latency_ms > 0:
         raise ConfigError(f"--target-latency-ms {target_latency_ms} must be > 0")
+    if batch < 1:
+        raise ConfigError(f"--batch {batch}: the batch timed by the search must be >= 1")
     check_ratio(max_ratio, what="maximum search ratio")
+    require_prunable_module(model)
     step = progress or (lambda message: None)
     config = config or PruneConfig()
+    if IMPORTANCES.get(config.importance_name).needs_data and data is None:
+        raise ConfigError(
+            f"importance {config.importance_name!r} needs data; pass --train DATA or use l1/l2"
+        )
     time_it = lambda m: measure_latency(m, runtime=runtime, batch=batch, min_time_s=min_time_s)  # noqa: E731
     step(f"timing the unpruned model on {runtime}")
     baseline = time_it(model)
@@ -119,7 +137,7 @@ def search_ratio(
 
     def evaluate(ratio: float) -> SearchRow:
         step(f"pruning at ratio {ratio:.3f} and timing it on {runtime}")
-        pruned = prune_channels(model, config=replace(config, ratio=ratio))
+        pruned = prune_channels(model, config=replace(config, ratio=ratio), data=data)
         latency = time_it(pruned.model)
         accuracy = evaluate_accuracy(pruned.model, eval_data) if eval_data else None
         row = SearchRow(

@@ -16,8 +16,8 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from torchship.errors import ConfigError
-from torchship.exporter.pruning import check_ratio
-from torchship.loaded import LoadedModel
+from torchship.exporter.pruning import check_ratio, require_prunable_module
+from torchship.loaded import LoadedModel, eval_mode
 
 __all__ = ["UnstructuredReport", "prune_unstructured", "DENSE_RUNTIME_NOTE"]
 
@@ -51,7 +51,8 @@ def prune_unstructured(
 ) -> tuple[LoadedModel, UnstructuredReport]:
     """Zero the `sparsity` fraction of smallest-magnitude conv/linear weights (global L1)."""
     check_ratio(sparsity, what="sparsity")
-    module = copy.deepcopy(model.module).eval()
+    require_prunable_module(model)
+    module = eval_mode(copy.deepcopy(model.module))
     named = dict(module.named_modules())
     for name in ignore:
         if name not in named or not name:

@@ -20,9 +20,16 @@ from torch import nn
 
 from torchship.errors import ConfigError, ExportError
 from torchship.exporter.prune_importance import IMPORTANCES, accumulate_taylor_gradients
-from torchship.loaded import LoadedModel, flatten_outputs, to_torch_inputs
+from torchship.loaded import LoadedModel, eval_mode, flatten_outputs, to_torch_inputs
 
-__all__ = ["PruneConfig", "PruneResult", "prune_channels", "prunable_layers", "count_cost"]
+__all__ = [
+    "PruneConfig",
+    "PruneResult",
+    "prune_channels",
+    "prunable_layers",
+    "count_cost",
+    "require_prunable_module",
+]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +70,28 @@ class PruneConfig:
     @property
     def round_value(self) -> int:
         return 8 if self.round_to is None else self.round_to
+
+
+def require_prunable_module(model: LoadedModel) -> None:
+    """ConfigError when `model` is a compiled graph (a .pt2 program, TorchScript) with no layers.
+
+    Pruning edits conv/linear modules; a loaded torch.export program or TorchScript archive holds
+    only a graph over raw tensors, so there is nothing pruning could shrink.
+    """
+    module = model.module
+    if isinstance(module, torch.jit.ScriptModule):
+        kind = "a TorchScript archive"
+    elif isinstance(module, torch.fx.GraphModule):
+        if any(isinstance(m, _ROOT_TYPES) for m in module.modules()):
+            return
+        kind = "a torch.export program (.pt2)"
+    else:
+        return
+    raise ConfigError(
+        f"{model.source}: cannot prune {kind}: it holds a compiled graph, not conv/linear layers; "
+        "prune the original model source (pkg.module:factory or file.py:factory, with --weights) "
+        "and export the pruned result"
+    )
 
 
 def check_ratio(value: float, *, what: str) -> None:
@@ -109,9 +138,10 @@ def prune_channels(
     data: dict[str, np.ndarray] | None = None,
 ) -> PruneResult:
     """A pruned copy of `model` (the original is untouched); ConfigError for bad settings."""
+    require_prunable_module(model)
     config = config or PruneConfig()
     spec = IMPORTANCES.get(config.importance_name)
-    module = copy.deepcopy(model.module).eval()
+    module = eval_mode(copy.deepcopy(model.module))
     args = to_torch_inputs(model.inputs, model.example)
     before_channels = _out_channels(module)
     before = count_cost(module, args)
@@ -134,7 +164,7 @@ def prune_channels(
         accumulate_taylor_gradients(module, data, model.inputs)
     pruner.step()
     module.zero_grad(set_to_none=True)
-    module.eval()
+    eval_mode(module)
     pruned = replace(model, module=module)
     _check_outputs(model, pruned)
     after_channels = _out_channels(module)
@@ -152,6 +182,7 @@ def prune_channels(
 
 def prunable_layers(model: LoadedModel, *, ignore: Sequence[str] = ()) -> list[str]:
     """Names of the conv/linear layers whose output channels pruning may remove."""
+    require_prunable_module(model)
     module = model.module
     args = to_torch_inputs(model.inputs, model.example)
     config = PruneConfig(ignore=tuple(ignore))

@@ -90,7 +90,7 @@ def _read_json(path: Path) -> object:
 
 def _encode_array(value: np.ndarray) -> dict:
     buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(value), allow_pickle=False)
+    np.save(buffer, np.asarray(value, order="C"), allow_pickle=False)  # keeps 0-d 0-d
     return {"array": base64.b64encode(buffer.getvalue()).decode("ascii"), _CLASS: "ndarray"}
 
 

@@ -10,7 +10,7 @@ import torch
 from torchship.artifact import Artifact, Format
 from torchship.exporter.base import EXPORTERS, ExportOptions, export_args, quiet_torch
 from torchship.files import atomic_path
-from torchship.loaded import LoadedModel
+from torchship.loaded import LoadedModel, eval_mode
 
 __all__ = ["export_torchscript"]
 
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 @EXPORTERS.register("torchscript")
 def export_torchscript(model: LoadedModel, path: Path, *, options: ExportOptions) -> Artifact:
     """Write a TorchScript archive; traced unless `options.script`."""
-    module = model.module.eval()
+    module = eval_mode(model.module)
     with quiet_torch(), torch.no_grad():
         if options.script:
             scripted = torch.jit.script(module)

@@ -24,7 +24,7 @@ from torchship.fingerprint import fingerprint_key, machine_fingerprint, software
 from torchship.runtimes.base import Runner, default_runtime_for, get_runner, require_available
 from torchship.runtimes.stats import HIGH_CV, Stats
 from torchship.runtimes.timing import HostTimer, Timer, measure, time_cold_start
-from torchship.specs import random_feeds
+from torchship.specs import InputSpec, random_feeds
 
 __all__ = [
     "BENCH_SCHEMA",
@@ -35,12 +35,14 @@ __all__ = [
     "bench_document",
     "load_bench_document",
     "feeds_for_batch",
+    "runner_timer",
 ]
 
 log = logging.getLogger(__name__)
 
 BENCH_SCHEMA = "torchship.bench/1"
 _RESULT_KEYS = ("runtime", "artifact", "sha256", "batch", "latency_ms", "samples_ms")
+_OPTIONAL_KEYS = ("timing", "host_latency_ms")
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,15 @@ class BenchConfig:
 
 @dataclass
 class BenchResult:
-    """One `results[]` entry of a `torchship.bench/1` document."""
+    """One `results[]` entry of a `torchship.bench/1` document.
+
+    `latency_ms` summarises the timed clock (`timing["clock"]`): host wall time of each call on
+    CPU runtimes; on GPU runners device time between CUDA events, copies excluded
+    (`timing["includes_copies"]` false). `throughput_per_s` is batch / mean of `latency_ms`, so
+    on a GPU it is compute throughput. GPU results also carry `host_latency_ms`: the host wall
+    time of each whole call, copies included (end to end); CPU results, whose `latency_ms` is
+    already host time, leave it out.
+    """
 
     runtime: str
     artifact: str
@@ -87,18 +97,22 @@ class BenchResult:
     warmup: int
     iters: int
     timing: dict[str, Any] = field(default_factory=dict)
+    host_latency_ms: dict[str, float] | None = None
 
     @property
     def stats(self) -> Stats:
         return Stats.from_dict(self.latency_ms)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if data["host_latency_ms"] is None:
+            del data["host_latency_ms"]  # CPU results keep their schema
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BenchResult:
         names = cls.__dataclass_fields__
-        missing = [k for k in names if k not in data and k != "timing"]
+        missing = [k for k in names if k not in data and k not in _OPTIONAL_KEYS]
         if missing:
             raise ConfigError(f"bench result is missing {', '.join(missing)}")
         return cls(**{k: data[k] for k in names if k in data})
@@ -118,11 +132,11 @@ def bench_runner(
     """
     feeds = feeds_for_batch(artifact, batch=batch, seed=config.seed)
     runner = require_available(runtime)(artifact, threads=config.threads)
-    timer = _timer_for(runner)
+    timer = runner_timer(runner)
     try:
         cold_ms = time_cold_start(runner.load, lambda: runner.infer(feeds))
         samples = measure(
-            lambda: runner.infer(feeds),
+            runner.checked_call(feeds),  # feeds checked once here, not in every timed call
             warmup=config.warmup,
             iters=config.iters,
             min_time_s=config.min_time_s,
@@ -139,6 +153,7 @@ def bench_runner(
             "--min-time",
             runtime, artifact.path.name, batch, stats.cv, HIGH_CV,
         )  # fmt: skip
+    host_samples = getattr(timer, "host_samples_ms", None)
     return BenchResult(
         runtime=runtime,
         artifact=str(artifact.path),
@@ -155,6 +170,7 @@ def bench_runner(
         warmup=config.warmup,
         iters=len(samples),
         timing={"clock": timer.clock, "includes_copies": _includes_copies(runner)},
+        host_latency_ms=Stats.from_samples(host_samples).to_dict() if host_samples else None,
     )
 
 
@@ -218,21 +234,37 @@ def load_bench_document(path: str | Path) -> dict[str, Any]:
 
 
 def feeds_for_batch(artifact: Artifact, *, batch: int, seed: int) -> dict[str, np.ndarray]:
-    """Random feeds for `artifact` at `batch`; ConfigError naming an input whose batch is fixed."""
+    """Random feeds for `artifact` at `batch`; ConfigError naming an input whose batch is fixed.
+
+    The batch applies to inputs with a batch axis (axis 0); scalar inputs stay scalars.
+    """
     specs = artifact.inputs
-    if all(s.shape and s.shape[0] == batch for s in specs):
-        return random_feeds(specs, seed=seed)
-    for spec in specs:
-        if not spec.shape:
+    batched = [s for s in specs if s.shape]
+    if not batched:
+        if batch != 1:
             raise ConfigError(
-                f"input {spec.name!r} is a scalar, it has no batch axis; batch {batch} cannot apply"
+                f"no input has a batch axis (inputs: {', '.join(s.name for s in specs) or 'none'}"
+                f"), so batch {batch} cannot apply; bench --batch 1"
             )
+        return _keep_scalars(specs, random_feeds(specs, seed=seed))
+    for spec in batched:
         if spec.shape[0] != batch and 0 not in spec.dynamic:
             raise ConfigError(
                 f"input {spec.name!r}: batch {batch} requested but axis 0 is fixed at "
                 f"{spec.shape[0]}; export with --dynamic-batch or bench --batch {spec.shape[0]}"
             )
-    return random_feeds(specs, seed=seed, batch=batch)
+    feeds = random_feeds([s.with_batch(batch) if s.shape else s for s in specs], seed=seed)
+    return _keep_scalars(specs, feeds)
+
+
+def _keep_scalars(
+    specs: Sequence[InputSpec], feeds: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    # random_feeds goes through np.ascontiguousarray, which turns 0-d arrays into 1-d ones.
+    for spec in specs:
+        if not spec.shape:
+            feeds[spec.name] = feeds[spec.name].reshape(())
+    return feeds
 
 
 _feeds_for_batch = feeds_for_batch  # older private name, used by runtimes/interleaved.py
@@ -250,8 +282,11 @@ def _runtimes_for(artifact: Artifact, runtimes: Sequence[str] | None) -> list[st
     return names
 
 
-def _timer_for(runner: Runner) -> Timer:
-    # Hook for GPU runners: one may define `make_timer()` (e.g. CUDA events on its stream).
+def runner_timer(runner: Runner) -> Timer:
+    """The timer for `runner`: its own `make_timer()` when it has one, else the host clock.
+
+    GPU runners time CUDA events on their own stream that way; CPU runners use `HostTimer`.
+    """
     make_timer = getattr(runner, "make_timer", None)
     return make_timer() if callable(make_timer) else HostTimer()
 

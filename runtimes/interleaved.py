@@ -5,6 +5,11 @@ one after the other differ by more than the regressions worth catching. Timing A
 alternating short rounds (A B, B A, A B, ...) lets that drift hit both sides alike, and the
 verdict (`torchship.regression.compare_rounds`) works on per-round ratios.
 
+Clocks: each side is timed by its own runner's timer, as the bench does (CUDA events on a GPU
+runner's own stream, the host wall clock on CPU). When the two sides would time on different
+clocks, both are timed on the host wall clock instead, so the ratio compares like with like;
+`ABResult.clock` says which clock was used.
+
 Why one session at a time: two sessions timed alternately in one process disturb each other
 through spinning intra-op thread pools (a 1.7x gap once read as 1.04x; DESIGN.md). Each round
 loads one side, times it and releases it before the other side loads; ORT runners run with
@@ -14,22 +19,25 @@ spinning off (their default).
 from __future__ import annotations
 
 import contextlib
+import logging
 import statistics
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from torchship.artifact import Artifact
 from torchship.errors import ConfigError
-from torchship.runtimes.base import default_runtime_for, require_available
-from torchship.runtimes.bench import feeds_for_batch
+from torchship.runtimes.base import Runner, default_runtime_for, require_available
+from torchship.runtimes.bench import feeds_for_batch, runner_timer
 from torchship.runtimes.stats import Stats
-from torchship.runtimes.timing import Timer, measure, timer_for
+from torchship.runtimes.timing import HostTimer, Timer, measure
 
-__all__ = ["ABResult", "interleaved_ab", "interleaved_rounds", "runner_session"]
+__all__ = ["ABResult", "TimedCall", "interleaved_ab", "interleaved_rounds", "runner_session"]
+
+log = logging.getLogger(__name__)
 
 #: A side of an A/B run: entering it loads the thing to time and yields the call to time.
 Session = Callable[[], AbstractContextManager[Callable[[], Any]]]
@@ -49,6 +57,8 @@ class ABResult:
     a_rounds: tuple[tuple[float, ...], ...] = ()
     b_rounds: tuple[tuple[float, ...], ...] = ()
     runtime_b: str | None = None
+    #: What the samples measure: "host-wall" or "cuda-event" (device time, copies excluded).
+    clock: str = HostTimer.clock
 
     @property
     def ratio(self) -> float:
@@ -73,7 +83,19 @@ class ABResult:
             "b": {"artifact": self.b, "latency_ms": self.b_latency_ms.to_dict()},
             "ratio_b_over_a": round(self.ratio, 4),
             "round_ratios": [round(r, 4) for r in self.round_ratios],
+            "clock": self.clock,
         }
+
+
+@dataclass(frozen=True)
+class TimedCall:
+    """What a runner session yields: the call to time and the timer that fits its runner."""
+
+    fn: Callable[[], Any]
+    timer: Timer
+
+    def __call__(self) -> Any:
+        return self.fn()
 
 
 def interleaved_rounds(
@@ -86,9 +108,11 @@ def interleaved_rounds(
 ) -> dict[str, list[list[float]]]:
     """Time each side for `iters_per_round` calls per round, alternating the order every round.
 
-    Only one side's session is open at any time: each is closed (its runner drops the session)
-    before the other loads. No `gc.collect()` between rounds: with torch loaded it costs ~0.2 s,
-    more than the rounds themselves on small models. Returns the raw samples (ms) by side and round.
+    A side that yields a `TimedCall` is timed with its own timer; other calls with `timer`
+    (default: the host wall clock). Only one side's session is open at any time: each is closed
+    (its runner drops the session) before the other loads. No `gc.collect()` between rounds: with
+    torch loaded it costs ~0.2 s, more than the rounds themselves on small models. Returns the raw
+    samples (ms) by side and round.
     """
     if rounds < 2 or iters_per_round < 1 or warmup < 0:
         raise ConfigError(
@@ -107,16 +131,25 @@ def interleaved_rounds(
                         iters=iters_per_round,
                         min_time_s=None,
                         max_iters=None,
-                        timer=timer,
+                        timer=call.timer if isinstance(call, TimedCall) else timer,
                     )
                 )
     return samples
 
 
 def runner_session(
-    runtime: str, artifact: Artifact, feeds: Mapping[str, np.ndarray], *, threads: int | None
+    runtime: str,
+    artifact: Artifact,
+    feeds: Mapping[str, np.ndarray],
+    *,
+    threads: int | None,
+    host_timing: bool = False,
 ) -> Session:
-    """A side that loads `artifact` on `runtime` and times `infer(feeds)`."""
+    """A side that loads `artifact` on `runtime` and times inference on `feeds`.
+
+    It yields a `TimedCall` timed by the runner's own timer (as in the bench), or by the host
+    wall clock with `host_timing`. Feeds are checked once per load, outside the timed calls.
+    """
     cls = require_available(runtime)
 
     @contextlib.contextmanager
@@ -124,7 +157,8 @@ def runner_session(
         runner = cls(artifact, threads=threads)
         runner.load()
         try:
-            yield lambda: runner.infer(feeds)
+            timer = HostTimer() if host_timing else runner_timer(runner)
+            yield TimedCall(runner.checked_call(feeds), timer)
         finally:
             runner.close()
 
@@ -154,19 +188,32 @@ def interleaved_ab(
     runtime = runtime or default_runtime_for(a.format)
     if runtime_b is None:
         runtime_b = runtime if _runs(runtime, b) else default_runtime_for(b.format)
-    batch = batch or (a.inputs[0].shape[0] if a.inputs and a.inputs[0].shape else 1)
+    batch = batch or next((s.shape[0] for s in a.inputs if s.shape), 1)
     feeds = feeds_for_batch(a, batch=batch, seed=seed)
     feeds_for_batch(b, batch=batch, seed=seed)  # B must take the same batch
-    cls = require_available(runtime)
+    clock_a = _clock_of(require_available(runtime))
+    clock_b = _clock_of(require_available(runtime_b))
+    host_timing = clock_a != clock_b
+    if host_timing:
+        log.info(
+            "%s times %s and %s times %s: timing both on the host wall clock",
+            runtime, clock_a, runtime_b, clock_b,
+        )  # fmt: skip
     sides = {
-        "a": runner_session(runtime, a, feeds, threads=threads),
-        "b": runner_session(runtime_b, b, feeds, threads=threads),
+        "a": runner_session(runtime, a, feeds, threads=threads, host_timing=host_timing),
+        "b": runner_session(runtime_b, b, feeds, threads=threads, host_timing=host_timing),
     }
     samples = interleaved_rounds(
-        sides, rounds=rounds, iters_per_round=iters_per_round, warmup=warmup,
-        timer=timer_for(cls.device),
-    )  # fmt: skip
-    return _result(runtime, runtime_b, batch, a, b, samples["a"], samples["b"])
+        sides, rounds=rounds, iters_per_round=iters_per_round, warmup=warmup
+    )
+    result = _result(runtime, runtime_b, batch, a, b, samples["a"], samples["b"])
+    return replace(result, clock=HostTimer.clock if host_timing else clock_a)
+
+
+def _clock_of(cls: type[Runner]) -> str:
+    # GPU runners time CUDA events on their own stream (`make_timer`); the rest the host clock.
+    gpu_timed = cls.device == "cuda" and callable(getattr(cls, "make_timer", None))
+    return "cuda-event" if gpu_timed else HostTimer.clock
 
 
 def _runs(runtime: str, artifact: Artifact) -> bool:

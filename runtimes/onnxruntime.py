@@ -14,13 +14,24 @@ import numpy as np
 
 from torchship.artifact import Artifact, Format
 from torchship.errors import BackendUnavailableError, ModelLoadError
-from torchship.runtimes.base import RUNNERS, Runner
-from torchship.runtimes.torch_cuda import ComputeEvents, GpuTimedMixin
-from torchship.runtimes.torch_eager import first_line
+from torchship.runtimes.base import RUNNERS, Runner, first_line
+from torchship.runtimes.torch_cuda import ComputeEvents, GpuTimedMixin, cuda_reason
 
 __all__ = ["OrtRunner", "OrtCpuRunner", "OrtGpuRunner", "OrtCudaRunner", "OrtTensorrtRunner"]
 
 log = logging.getLogger(__name__)
+
+#: ONNX Runtime's input type names -> torchship dtype names (others are not checked).
+_ORT_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+}
 
 
 class OrtRunner(Runner):
@@ -89,6 +100,7 @@ class OrtRunner(Runner):
             raise ModelLoadError(f"{path}: onnxruntime cannot load it ({first_line(exc)})") from exc
         self._check_providers(session)
         self._check_input_names(session)
+        self._check_input_types(session)
         log.info(
             "%s: loaded %s with providers %s, graph optimization %s, threads %s, spinning %s",
             self.name,
@@ -119,6 +131,25 @@ class OrtRunner(Runner):
                 f"the artifact describes {sorted(want)}"
             )
 
+    def _check_input_types(self, session: Any) -> None:
+        """ModelLoadError naming the input whose described dtype or rank the graph does not take."""
+        graph = {i.name: i for i in session.get_inputs()}
+        for spec in self.inputs:
+            node = graph[spec.name]
+            dtype = _ORT_DTYPES.get(node.type)
+            if dtype is not None and dtype != spec.dtype:
+                raise ModelLoadError(
+                    f"{self.artifact.path}: input {spec.name!r} is {dtype} in the ONNX graph, "
+                    f"the artifact describes {spec.dtype} (--input {spec.name}:SHAPE:{dtype} fits)"
+                )
+            shape = node.shape
+            if shape is not None and len(shape) != len(spec.shape):
+                raise ModelLoadError(
+                    f"{self.artifact.path}: input {spec.name!r} is {len(shape)}-d {list(shape)} "
+                    f"in the ONNX graph, the artifact describes {len(spec.shape)}-d "
+                    f"{list(spec.shape)}"
+                )
+
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         ort_feeds = {s.name: np.ascontiguousarray(feeds[s.name]) for s in self.inputs}
         arrays = self._session.run(self._output_names, ort_feeds)
@@ -142,6 +173,17 @@ class OrtGpuRunner(GpuTimedMixin, OrtRunner):
     that stream time ORT's kernels alone; host<->device copies stay outside the events.
     """
 
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        reason = super().unavailable_reason()
+        if reason is not None:
+            return reason
+        # Streams, events and the device input buffers all come from torch.
+        torch_reason = cuda_reason()
+        if torch_reason is not None:
+            return f"{torch_reason}; {cls.name} needs a CUDA build of torch"
+        return None
+
     def _load(self) -> None:
         import torch
 
@@ -152,15 +194,19 @@ class OrtGpuRunner(GpuTimedMixin, OrtRunner):
         from torchship.runtimes.tensorrt_engine import cache_root
 
         stream = str(self._stream.cuda_stream)
+        engines = cache_root() / "ort-trt"
+        if "TensorrtExecutionProvider" in self.providers:
+            # ORT creates this folder without its parents and fails when they are missing.
+            engines.mkdir(parents=True, exist_ok=True)
         options = {
             "CUDAExecutionProvider": {"user_compute_stream": stream},
             "TensorrtExecutionProvider": {
                 "user_compute_stream": stream,
                 # ORT rebuilds TensorRT engines per session unless they are cached.
                 "trt_engine_cache_enable": "True",
-                "trt_engine_cache_path": str(cache_root() / "ort-trt"),
+                "trt_engine_cache_path": str(engines),
                 "trt_timing_cache_enable": "True",
-                "trt_timing_cache_path": str(cache_root() / "ort-trt"),
+                "trt_timing_cache_path": str(engines),
             },
         }
         return [(p, options[p]) if p in options else p for p in self.providers]

@@ -11,7 +11,6 @@ it; an ONNX artifact is built for its own precision through the engine cache.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -63,8 +62,11 @@ class TensorRTRunner(GpuTimedMixin, Runner):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        if importlib.util.find_spec("tensorrt") is None:
-            return "the tensorrt package is not installed (pip install torchship[tensorrt])"
+        # The real import and version check: a broken or too-old TensorRT is not available.
+        try:
+            import_tensorrt()
+        except BackendUnavailableError as exc:
+            return str(exc)
         return cuda_reason()
 
     def _load(self) -> None:

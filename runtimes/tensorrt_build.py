@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from torchship.artifact import Precision
@@ -37,6 +38,7 @@ __all__ = [
     "profiles_for",
     "build_mode",
     "build_serialized",
+    "network_input_dtypes",
 ]
 
 log = logging.getLogger(__name__)
@@ -211,6 +213,7 @@ def build_serialized(
         _set_hardware_compat(trt, config, caps)
     _add_profile(builder, config, network, profiles)
     if calibrator is not None:
+        calibrator.input_dtypes = network_input_dtypes(trt, network)
         _set_calibrator(builder, config, calibrator)
     cache = _load_timing_cache(config, timing_cache)
     started = time.perf_counter()
@@ -307,6 +310,18 @@ def _set_calibrator(builder: Any, config: Any, calibrator: Any) -> None:
         profile.set_shape(name, shape, shape, shape)
     config.int8_calibrator = calibrator
     config.set_calibration_profile(profile)
+
+
+def network_input_dtypes(trt: Any, network: Any) -> dict[str, np.dtype]:
+    """The numpy dtype of each parsed network input (8.6 turns int64 ONNX inputs into int32)."""
+    dtypes = {}
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        try:
+            dtypes[tensor.name] = np.dtype(trt.nptype(tensor.dtype))
+        except TypeError:  # no numpy equivalent (bf16, fp8): leave the data as it is
+            continue
+    return dtypes
 
 
 def _check_range_fits(r: ShapeRange, network_shape: tuple[int, ...]) -> None:

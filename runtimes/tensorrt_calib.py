@@ -77,7 +77,8 @@ def make_calibrator(
     """A `trt.IInt8EntropyCalibrator2`/`IInt8MinMaxCalibrator` fed from `source`.
 
     `input_shapes` on the result gives the shapes of every batch (for the calibration profile);
-    `error` holds an exception raised while feeding, which TensorRT itself would swallow.
+    `input_dtypes` (set by the builder from the parsed network) is what each input is cast to
+    before upload; `error` holds an exception raised while feeding, which TensorRT would swallow.
     """
     base = getattr(trt, CALIBRATOR_CLASSES[method])
     batches = _full_batches(_open(source, specs, batch=batch, samples=samples), batch)
@@ -92,6 +93,7 @@ def make_calibrator(
         def __init__(self) -> None:
             base.__init__(self)
             self.input_shapes = shapes
+            self.input_dtypes: dict[str, np.dtype] = {}
             self.batches_fed = 0
             self.error: BaseException | None = None
             self._held: list[Any] = []
@@ -104,7 +106,11 @@ def make_calibrator(
                 feeds = next(stream, None)
                 if feeds is None:
                     return None
-                self._held = [send(np.ascontiguousarray(feeds[n])) for n in names]
+                # 8.6 parses int64 ONNX inputs as int32: upload what the network takes.
+                self._held = [
+                    send(np.ascontiguousarray(feeds[n], dtype=self.input_dtypes.get(n)))
+                    for n in names
+                ]
             except Exception as exc:  # raised inside TensorRT's C++ loop: keep it for later
                 self.error = exc
                 return None

@@ -2,8 +2,9 @@
 
 GPU runners copy inputs to the device, enqueue the model on a CUDA stream between two CUDA
 events, and copy the outputs back. The bench then reports the device time between the events
-(`ComputeEventTimer`, clock `cuda-event`, copies excluded) while the host wall time of the
-whole call, copies included, is kept beside it (`host_samples_ms`).
+(`ComputeEventTimer`, clock `cuda-event`, copies excluded) as `latency_ms` (and throughput from
+it), while the host wall time of the whole call, copies included, is kept beside it
+(`host_samples_ms`) and saved as `host_latency_ms`.
 """
 
 from __future__ import annotations

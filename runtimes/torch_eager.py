@@ -14,7 +14,7 @@ import torch
 from torchship.artifact import Format
 from torchship.errors import ModelLoadError
 from torchship.loaded import flatten_outputs, to_torch_inputs
-from torchship.runtimes.base import RUNNERS, Runner
+from torchship.runtimes.base import RUNNERS, Runner, first_line
 
 __all__ = ["TorchModuleRunner", "TorchRunner", "name_outputs", "first_line", "require_zip_archive"]
 
@@ -33,13 +33,6 @@ def name_outputs(names: Sequence[str], arrays: Sequence[np.ndarray]) -> dict[str
             f"{', '.join(names)}"
         )
     return dict(zip(names, arrays, strict=True))
-
-
-def first_line(exc: BaseException, *, limit: int = 200) -> str:
-    """The first line of an exception's text (backend errors can span pages), cut at `limit`."""
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def require_zip_archive(path: Path, *, kind: str) -> None:

@@ -58,11 +58,17 @@ elif ! registry_ok; then
 else
   if ! has_cuda_ep; then
     ORT_CPU="$("$PY" -c 'import onnxruntime; print(onnxruntime.__version__)' 2>/dev/null || true)"
-    if "$PY" -m pip install -q onnxruntime-gpu >"$OUT/pip_ort.txt" 2>&1 && has_cuda_ep; then
+    # onnxruntime and onnxruntime-gpu share the onnxruntime/ folder: installing one over the
+    # other leaves a mix of both, so the CPU package goes first.
+    "$PY" -m pip uninstall -y -q onnxruntime >"$OUT/pip_ort.txt" 2>&1 || true
+    if "$PY" -m pip install -q onnxruntime-gpu >>"$OUT/pip_ort.txt" 2>&1 && has_cuda_ep; then
       say "installed onnxruntime-gpu ($("$PY" -c 'import onnxruntime; print(onnxruntime.__version__)'))"
     else
       say "onnxruntime-gpu did not install or has no CUDA provider (see pip_ort.txt); restoring onnxruntime ${ORT_CPU:-latest}"
-      "$PY" -m pip install -q --force-reinstall "onnxruntime${ORT_CPU:+==$ORT_CPU}" >>"$OUT/pip_ort.txt" 2>&1 || true
+      "$PY" -m pip uninstall -y -q onnxruntime-gpu >>"$OUT/pip_ort.txt" 2>&1 || true
+      # --no-deps: its dependencies are still installed; letting pip resolve them again could
+      # move numpy/protobuf away from the tested versions.
+      "$PY" -m pip install -q --no-deps --force-reinstall "onnxruntime${ORT_CPU:+==$ORT_CPU}" >>"$OUT/pip_ort.txt" 2>&1 || true
     fi
   fi
   if ! has_trt; then

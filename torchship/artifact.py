@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchship.errors import ConfigError, ModelLoadError
+from torchship.errors import ConfigError, ModelLoadError, ToolchainError
 from torchship.files import sha256_file
 from torchship.specs import InputSpec
 
@@ -157,13 +157,40 @@ class Artifact:
 
 
 def _from_manifest(path: Path) -> tuple[list[InputSpec], list[str], Precision] | None:
+    """The I/O and precision the sibling manifest.json records for `path` (None: no entry).
+
+    ModelLoadError naming the manifest when it exists but is not the shape torchship writes.
+    """
     manifest = path.parent / "manifest.json"
     if not manifest.is_file():
         return None
     try:
         data = json.loads(manifest.read_text())
-        entry = next(f for f in data.get("artifacts", []) if f.get("path") == path.name)
-    except (ValueError, StopIteration):
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{manifest}: not readable JSON ({_first_line(exc)})") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{manifest}: must hold a JSON object, found {type(data).__name__}")
+    entries = data.get("artifacts", [])
+    if not isinstance(entries, list):
+        raise ModelLoadError(f"{manifest}: 'artifacts' must be a list")
+    entry = next((e for e in entries if isinstance(e, dict) and e.get("path") == path.name), None)
+    if entry is None:
         return None
-    specs = [InputSpec.from_dict(d) for d in entry.get("inputs", [])]
-    return specs, list(entry.get("outputs", [])), Precision(entry.get("precision", "fp32"))
+    try:
+        specs = [InputSpec.from_dict(d) for d in entry.get("inputs", [])]
+        outputs = [str(name) for name in entry.get("outputs", [])]
+        precision = Precision(entry.get("precision", "fp32"))
+    except KeyError as exc:
+        raise ModelLoadError(
+            f"{manifest}: the entry for {path.name} has an input without {exc}"
+        ) from None
+    except (AttributeError, TypeError, ValueError, ToolchainError) as exc:
+        raise ModelLoadError(
+            f"{manifest}: the entry for {path.name} is malformed: {_first_line(exc)}"
+        ) from None
+    return specs, outputs, precision
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

@@ -10,7 +10,6 @@ still writes the bundle (marked failed); the caller turns that into exit 1.
 from __future__ import annotations
 
 import logging
-import os
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -20,7 +19,12 @@ import numpy as np
 
 from torchship.artifact import Artifact, Format, Precision
 from torchship.errors import CalibrationError, CheckFailedError, ConfigError
-from torchship.files import atomic_dir, atomic_write_json, atomic_write_text
+from torchship.files import (
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_text,
+    check_replaceable_dir,
+)
 from torchship.pipeline import PipelineConfig, step_function
 
 __all__ = ["GateResult", "PipelineResult", "run_pipeline", "require_pipeline"]
@@ -80,7 +84,8 @@ def run_pipeline(
     from torchship.exporter import ExportOptions, export_model, require_parity
 
     step = progress or (lambda message: None)
-    baseline = _load_baseline(config)  # a missing baseline fails before any work
+    check_replaceable_dir(config.bundle_dir)  # before any work, as a missing baseline is
+    baseline = _load_baseline(config)
     original = _load(config)
     model, pruning = _prune(config, original, step) if config.prune else (original, None)
     with atomic_dir(config.bundle_dir) as stage:
@@ -103,17 +108,8 @@ def run_pipeline(
         result = PipelineResult(config.bundle_dir, tuple(gates), tuple(rows))
         _write_reports(stage, config, result, document)
         _write_manifest(stage, config, model, artifacts, result, parity, command, pruning)
-        _make_readable(stage)
     log.info("bundle %s: %s", config.bundle_dir, "passed" if result.passed else "failed")
     return result
-
-
-def _make_readable(stage: Path) -> None:
-    # mkdtemp/mkstemp create 0700/0600 entries; a release bundle is read by other users.
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in [stage, *stage.rglob("*")]:
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _load(config: PipelineConfig):

@@ -12,9 +12,14 @@ __all__ = ["register"]
 
 def register(commands) -> None:
     p = commands.add_parser("prune", help="remove channels (folded before export) and recover")
-    p.add_argument("model", help="demo | pkg.module:factory | file.py:factory | model.pt2")
+    p.add_argument("model", help="demo | pkg.module:factory | file.py:factory")
     add_input_flags(p)
     p.add_argument("--weights", help="state_dict file (torch.save) or .safetensors")
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow loading fully pickled models/weights (runs code from the file)",
+    )
     amount = p.add_mutually_exclusive_group()
     amount.add_argument("--ratio", type=float, help="fraction of channels to remove per layer")
     amount.add_argument("--target-speedup", type=float, metavar="X", help="search the ratio")
@@ -45,7 +50,14 @@ def _prune(args, *, console: Console, argv) -> int:
     from torchship.calibration.data import load_arrays
     from torchship.sources import load_model
 
-    model = load_model(args.model, inputs=specs_from_args(args) or None, weights=args.weights)
+    if args.batch < 1:
+        raise ConfigError(f"--batch {args.batch}: must be >= 1")
+    model = load_model(
+        args.model,
+        inputs=specs_from_args(args) or None,
+        weights=args.weights,
+        trust_pickle=args.trust_pickle,
+    )
     train = load_arrays(args.train, inputs=model.inputs, what="--train") if args.train else None
     evaluation = load_arrays(args.eval, inputs=model.inputs, what="--eval") if args.eval else None
     ignore = tuple(n.strip() for n in args.ignore.split(",") if n.strip())

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from rich.console import Console
 from rich.text import Text
 
-from torchship.errors import EXIT_CHECK_FAILED, EXIT_OK
+from torchship.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError
 
 __all__ = ["register"]
 
@@ -54,6 +55,7 @@ def _quantize(args: argparse.Namespace, *, console: Console, argv) -> int:
     from torchship.cli import dump_json
     from torchship.commands import progress
 
+    _check_json_path(args.json)
     options = QuantizeOptions(
         target=args.target,
         method=args.method,
@@ -81,6 +83,20 @@ def _quantize(args: argparse.Namespace, *, console: Console, argv) -> int:
     if args.json != "-":
         _print_summary(console, result)
     return EXIT_OK if result.passed else EXIT_CHECK_FAILED
+
+
+def _check_json_path(path: str | None) -> None:
+    """Refuse an unwritable --json target before minutes of quantization, not after."""
+    if path is None or path == "-":
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(
+            f"--json {path}: is a directory; give a file path such as {path}/report.json"
+        )
+    existing = next((p for p in target.parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"--json {path}: {existing} is a file, not a folder")
 
 
 def _print_summary(console: Console, result) -> None:

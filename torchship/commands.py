@@ -93,8 +93,9 @@ def _ship(args, *, console: Console, argv) -> int:
             args.output, bench_config=config, int8=not args.no_int8, prune=not args.no_prune,
             command=argv, progress=step,
         )  # fmt: skip
-    console.print(ship_table(report.rows, batch=report.batch))
-    console.print(f"bundle: {report.out_dir}/ (manifest.json, bench.json, report.json)")
+    if args.json != "-":  # with --json -, stdout carries the JSON only
+        console.print(ship_table(report.rows, batch=report.batch))
+        console.print(f"bundle: {report.out_dir}/ (manifest.json, bench.json, report.json)")
     if args.json:
         dump_json(args.json, report.to_dict(), console)
     if not report.passed:

@@ -15,6 +15,7 @@ from typing import Any
 
 __all__ = [
     "ISA_FLAGS",
+    "ARM_ISA_FLAGS",
     "machine_fingerprint",
     "software_fingerprint",
     "fingerprint_key",
@@ -27,6 +28,8 @@ ISA_FLAGS = (
     "sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
     "amx_tile", "amx_int8", "amx_bf16",
 )  # fmt: skip
+#: The Arm counterparts (/proc/cpuinfo `Features`): NEON, fp16, int8 dot product, SVE, i8mm, bf16.
+ARM_ISA_FLAGS = ("asimd", "asimdhp", "asimddp", "sve", "sve2", "i8mm", "bf16")
 
 _CPUINFO = Path("/proc/cpuinfo")
 _MEMINFO = Path("/proc/meminfo")
@@ -59,12 +62,14 @@ def fingerprint_key(machine: dict[str, Any], software: dict[str, Any]) -> str:
 @functools.lru_cache(maxsize=1)
 def _machine() -> tuple[tuple[str, Any], ...]:
     info = _cpuinfo()
-    flags = set(info.get("flags", "").split())
-    isa = {flag: flag in flags for flag in ISA_FLAGS}
+    # x86 lists `flags`; aarch64 lists `Features` (and its Arm names join the isa map).
+    arm = "flags" not in info and "Features" in info
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    isa = {flag: flag in flags for flag in ISA_FLAGS + (ARM_ISA_FLAGS if arm else ())}
     data = {
         "cpu_model": info.get("model name") or platform.processor() or platform.machine(),
         "arch": platform.machine(),
-        "logical_cores": os.cpu_count(),
+        "logical_cores": _usable_cores(),
         "os": f"{platform.system()} {platform.release()}",
         "isa": isa,
         "vnni": isa["avx512_vnni"] or isa["avx_vnni"],
@@ -72,6 +77,14 @@ def _machine() -> tuple[tuple[str, Any], ...]:
         "gpu": _gpu(),
     }
     return tuple(data.items())
+
+
+def _usable_cores() -> int | None:
+    """Cores this process may run on (CPU affinity, e.g. taskset or a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # sched_getaffinity is Linux-only
+        return os.cpu_count()
 
 
 def _cpuinfo() -> dict[str, str]:

@@ -11,7 +11,7 @@ import torch
 from torchship.artifact import Artifact
 from torchship.specs import InputSpec, random_feeds
 
-__all__ = ["LoadedModel", "to_torch_inputs", "flatten_outputs"]
+__all__ = ["LoadedModel", "eval_mode", "to_torch_inputs", "flatten_outputs"]
 
 
 @dataclass
@@ -41,8 +41,23 @@ class LoadedModel:
         return dict(zip(self.outputs, flatten_outputs(result), strict=True))
 
 
+def eval_mode(module: torch.nn.Module) -> torch.nn.Module:
+    """`module`, switched to eval mode; returns it for chaining.
+
+    The module of a loaded torch.export program refuses `.eval()` (NotImplementedError); its
+    train/eval behaviour was fixed when it was exported, so it is returned as it is.
+    """
+    if isinstance(module, torch.fx.GraphModule):
+        try:
+            return module.eval()
+        except NotImplementedError:
+            return module
+    return module.eval()
+
+
 def to_torch_inputs(specs: Sequence[InputSpec], feeds: dict[str, np.ndarray]) -> tuple:
-    return tuple(torch.from_numpy(np.ascontiguousarray(feeds[s.name])) for s in specs)
+    # asarray, not ascontiguousarray: that turns a scalar (0-d) input into shape (1,)
+    return tuple(torch.from_numpy(np.asarray(feeds[s.name], order="C")) for s in specs)
 
 
 def flatten_outputs(result: object) -> list[np.ndarray]:

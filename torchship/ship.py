@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from torchship.artifact import FILE_FORMATS, Artifact, Format, Precision
-from torchship.files import atomic_dir, atomic_write_json
+from torchship.files import atomic_dir, atomic_write_json, check_replaceable_dir
 from torchship.manifest import build_manifest, write_manifest
 
 __all__ = ["ShipRow", "ShipReport", "ship_demo", "runtimes_for", "evaluate_top1"]
@@ -115,6 +115,7 @@ def ship_demo(
     from torchship.runtimes import BenchConfig, bench_document
 
     step = progress or (lambda message: None)
+    check_replaceable_dir(Path(out_dir))  # before any work
     config = bench_config or BenchConfig(batches=(8,))
     model = load_demo()
     test = demo_dataset("test")

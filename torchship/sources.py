@@ -9,13 +9,14 @@ import pickle
 import re
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from torchship.errors import ConfigError, ModelLoadError
 from torchship.files import sha256_file
-from torchship.loaded import LoadedModel, flatten_outputs, to_torch_inputs
+from torchship.loaded import LoadedModel, eval_mode, flatten_outputs, to_torch_inputs
 from torchship.specs import InputSpec, random_feeds
 
 __all__ = ["load_model", "load_weights"]
@@ -44,11 +45,16 @@ def load_model(
         from torchship.models import load_demo
 
         model = load_demo()
-        if inputs:
-            model = LoadedModel(
-                model.module, tuple(inputs), model.outputs, model.source, model.weights_sha256
-            )
-        return model
+        if not inputs and not output_names:
+            return model  # keeps the demo's example: real test images
+        checked = _finish(
+            model.module,
+            inputs or model.inputs,
+            model.source,
+            model.weights_sha256,
+            output_names or model.outputs,
+        )
+        return checked if inputs else replace(checked, example=model.example)
     path = Path(source)
     if path.suffix.lower() in {".pt2", ".ts", ".pt", ".pth"} and ":" not in path.name:
         if weights is not None:
@@ -76,8 +82,8 @@ def _finish(
             f"{source}: the model's inputs are unknown; pass --input NAME:SHAPE[:DTYPE] "
             "for each input (e.g. --input image:1x3x224x224)"
         )
-    if isinstance(module, torch.nn.Module) and not isinstance(module, torch.fx.GraphModule):
-        module.eval()
+    if isinstance(module, torch.nn.Module):
+        eval_mode(module)
     example = random_feeds(inputs, seed=0)
     outputs = _probe_outputs(module, inputs, example, source, output_names)
     return LoadedModel(module, tuple(inputs), outputs, source, weights_sha256, example)
@@ -117,8 +123,8 @@ def _resolve_factory(source: str):
     else:
         try:
             module = importlib.import_module(target)
-        except ImportError as exc:
-            raise ModelLoadError(f"{source}: cannot import {target!r}: {exc}") from exc
+        except Exception as exc:  # importing runs the module's code: any error can come out
+            raise ModelLoadError(f"{source}: cannot import {target!r}: {_first_line(exc)}") from exc
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
         raise ModelLoadError(f"{source}: {target!r} has no callable {attr!r}")
@@ -177,7 +183,7 @@ def _load_pickled(path: Path, jit_exc: Exception, *, trust_pickle: bool) -> torc
             ) from None
         if not trust_pickle:
             raise ModelLoadError(f"{path}: this is a fully pickled model; {_PICKLE_HELP}") from None
-        obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        obj = _unpickle(path, what=str(path))
     except Exception:
         raise ModelLoadError(
             f"{path}: neither a TorchScript archive nor a torch.save file: {_first_line(jit_exc)}"
@@ -234,17 +240,23 @@ def _read_state_dict(path: Path, *, trust_pickle: bool) -> dict:
         try:
             return load_file(str(path))
         except Exception as exc:
-            raise ModelLoadError(f"--weights {path}: unreadable safetensors: {exc}") from exc
+            raise ModelLoadError(
+                f"--weights {path}: unreadable safetensors: {_first_line(exc)}"
+            ) from exc
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if not _refused_by_weights_only(exc):
-            raise ModelLoadError(f"--weights {path}: not a torch.save file: {exc}") from None
+            raise ModelLoadError(
+                f"--weights {path}: not a torch.save file: {_first_line(exc)}"
+            ) from None
         if not trust_pickle:
             raise ModelLoadError(f"--weights {path}: it pickles objects; {_PICKLE_HELP}") from None
-        obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        obj = _unpickle(path, what=f"--weights {path}")
     except Exception as exc:
-        raise ModelLoadError(f"--weights {path}: not a torch.save file: {exc}") from exc
+        raise ModelLoadError(
+            f"--weights {path}: not a torch.save file: {_first_line(exc)}"
+        ) from exc
     if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()
     for key in ("state_dict", "model_state_dict", "model"):
@@ -253,6 +265,23 @@ def _read_state_dict(path: Path, *, trust_pickle: bool) -> dict:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ModelLoadError(f"--weights {path}: expected a state_dict of tensors")
     return obj
+
+
+def _unpickle(path: Path, *, what: str) -> object:
+    """torch.load with full unpickling (the user passed --trust-pickle); ModelLoadError on failure.
+
+    Unpickling imports the classes the file names, so it fails when their module is missing.
+    """
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=False)
+    except ModuleNotFoundError as exc:
+        raise ModelLoadError(
+            f"{what}: unpickling needs the module {exc.name!r}, which cannot be imported; "
+            "install it or make it importable (the code that defined the model), or save a "
+            "state_dict and load it with a factory plus --weights"
+        ) from exc
+    except Exception as exc:  # unpickling runs the file's code: any error can come out
+        raise ModelLoadError(f"{what}: unpickling failed: {_first_line(exc)}") from exc
 
 
 def _refused_by_weights_only(exc: BaseException) -> bool:

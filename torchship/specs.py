@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -56,6 +57,11 @@ class InputSpec:
                     f"{len(self.shape)}-d shape {self.shape}"
                 )
         object.__setattr__(self, "dynamic", dict(sorted(self.dynamic.items())))
+        if self.value_range is not None:
+            low, high = self.value_range
+            problem = _range_problem(self.dtype, low, high)
+            if problem:
+                raise ConfigError(f"input {self.name!r}: value range {low}..{high} {problem}")
 
     @property
     def np_dtype(self) -> np.dtype:
@@ -114,19 +120,45 @@ def parse_input_flag(text: str) -> InputSpec:
             f"--input {text!r}: shape {shape_text!r} must be integers joined by 'x', e.g. 1x3x32x32"
         ) from None
     dtype = parts[2] if len(parts) > 2 and parts[2] else "float32"
-    value_range = _parse_range(text, parts[3]) if len(parts) > 3 else None
+    value_range = _parse_range(text, parts[3], dtype) if len(parts) > 3 else None
     return InputSpec(name=name, dtype=dtype, shape=shape, value_range=value_range)
 
 
-def _parse_range(flag: str, text: str) -> tuple[float, float]:
+def _parse_range(flag: str, text: str, dtype: str) -> tuple[float, float]:
     lo, sep, hi = text.partition("..")
     try:
         low, high = float(lo), float(hi)
     except ValueError:
         low, high = 0.0, -1.0
-    if not sep or high <= low:
-        raise ConfigError(f"--input {flag!r}: value range {text!r} must be LO..HI with LO < HI")
+    problem = _range_problem(dtype, low, high) if sep else "must be LO..HI with LO < HI"
+    if problem:
+        raise ConfigError(f"--input {flag!r}: value range {text!r} {problem}")
     return low, high
+
+
+def _range_problem(dtype: str, low: float, high: float) -> str | None:
+    """Why `low..high` cannot bound random values of `dtype`, or None when it can.
+
+    Integer inputs draw from [int(LO), int(HI)): HI is exclusive, like a vocabulary size.
+    """
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "must have finite bounds"
+    if not high > low:
+        return "must be LO..HI with LO < HI"
+    np_dtype = DTYPES.get(dtype)
+    if np_dtype is None or np_dtype == np.bool_:
+        return None
+    if np.issubdtype(np_dtype, np.integer):
+        info = np.iinfo(np_dtype)
+        if not int(high) > int(low):
+            return f"holds no {dtype} value: integers are drawn from int(LO) up to int(HI) - 1"
+        if int(low) < info.min or int(high) > info.max + 1:
+            return f"must lie within {info.min}..{info.max + 1} for {dtype} (HI is exclusive)"
+        return None
+    limit = float(np.finfo(np_dtype).max)
+    if low < -limit or high > limit:
+        return f"must lie within {-limit:g}..{limit:g} for {dtype}"
+    return None
 
 
 def apply_dynamic_flags(
@@ -171,7 +203,8 @@ def random_feeds(
             if spec.value_range is not None:
                 low, high = spec.value_range
                 value = rng.uniform(low, high, size=shape)
-        feeds[spec.name] = np.ascontiguousarray(value, dtype=dtype)
+        # asarray, not ascontiguousarray: that turns a scalar (0-d) input into shape (1,)
+        feeds[spec.name] = np.asarray(value, dtype=dtype, order="C")
     return feeds
 
 

@@ -152,3 +152,107 @@ def test_arrays_disagreeing_on_sample_count():
     arrays = {"ids": np.zeros((3, 6), np.int64), "mask": np.zeros((4, 6), np.int64)}
     with pytest.raises(CalibrationError, match="disagree on the sample count"):
         _all(open_data(arrays, inputs=[IDS, spec2]))
+
+
+@pytest.mark.parametrize(
+    ("labels", "match"),
+    [
+        (np.eye(3, dtype=np.int64)[[0, 1, 2, 0]], r"'labels' has shape \[4, 3\]; expected 1-D"),
+        (np.array([0.0, 1.7, 2.0, 1.0]), r"'labels' has dtype float64; expected integer"),
+        (np.array([0, -1, 2, 1]), r"label -1 is negative"),
+    ],
+)
+def test_bad_labels_are_refused_naming_the_file(tmp_path, labels, match):
+    np.savez(tmp_path / "eval.npz", image=_images(4), labels=labels)
+    with pytest.raises(CalibrationError, match=rf"eval\.npz.*{match}"):
+        _all(open_data(tmp_path / "eval.npz", inputs=[IMAGE]))
+
+
+def test_inputs_sharing_a_dim_name_must_agree_on_its_size():
+    a = InputSpec("a", "float32", (2, 5, 16), dynamic={0: "batch", 1: "seq"})
+    b = InputSpec("b", "float32", (2, 5, 16), dynamic={0: "batch", 1: "seq"})
+    arrays = {"a": np.zeros((2, 5, 16), np.float32), "b": np.zeros((2, 7, 16), np.float32)}
+    with pytest.raises(CalibrationError, match=r"dim 'seq' is 5 in input 'a' .* 7 in input 'b'"):
+        _all(open_data(arrays, inputs=[a, b]))
+
+
+def _corrupt(tmp_path, kind: str):
+    if kind == "empty.npy":
+        (tmp_path / kind).write_bytes(b"")
+        return tmp_path / kind
+    np.savez(tmp_path / "good.npz", image=_images(8))
+    data = bytearray((tmp_path / "good.npz").read_bytes())
+    if kind == "truncated.npz":
+        data = data[: len(data) // 2]
+    else:  # a flipped bit inside the array data: the zip CRC no longer matches
+        data[300] ^= 0xFF
+    (tmp_path / kind).write_bytes(bytes(data))
+    return tmp_path / kind
+
+
+@pytest.mark.parametrize("kind", ["truncated.npz", "flipped.npz", "empty.npy"])
+def test_corrupt_files_are_calibration_errors_naming_the_file(tmp_path, kind):
+    path = _corrupt(tmp_path, kind)
+    with pytest.raises(CalibrationError, match=rf"{kind.replace('.', '[.]')}: not a readable"):
+        _all(open_data(path, inputs=[IMAGE]))
+
+
+def test_module_raising_on_import_names_the_function(monkeypatch):
+    from torchship.calibration import data
+
+    def import_module(name):
+        raise RuntimeError("no GPU here\nlong traceback text")
+
+    monkeypatch.setattr(data, "importlib", type("_Fake", (), {"import_module": import_module}))
+    with pytest.raises(
+        CalibrationError, match=r"^feeds_mod:data: importing 'feeds_mod' failed: RuntimeError: "
+        r"no GPU here$",
+    ):  # fmt: skip
+        open_data("feeds_mod:data", inputs=[IDS])
+
+
+def _breaks_midway():
+    yield {"ids": np.zeros((2, 6), np.int64)}
+    raise RuntimeError("disk gone\ndetails")
+
+
+def test_generator_raising_midway_names_the_function_and_item():
+    with pytest.raises(
+        CalibrationError, match=r"_breaks_midway: producing item 1 failed: RuntimeError: disk gone$"
+    ):
+        _all(open_data(f"{__name__}:_breaks_midway", inputs=[IDS]))
+
+
+FIXED8 = InputSpec("image", "float32", (8, 1, 4, 4))
+
+
+def test_fixed_batch_drops_the_short_batch_for_calibration_and_hashes_what_was_fed(caplog):
+    from torchship.calibration.data import ShortBatch
+
+    images = _images(10)
+    data = open_data({"image": images}, inputs=[FIXED8])
+    batches = list(data.batches(short=ShortBatch.DROP))
+    assert [b.size for b in batches] == [8]
+    assert "dropped 2 samples" in caplog.text
+    first8 = open_data({"image": images[:8]}, inputs=[IMAGE])
+    _all(first8)
+    assert (data.count, data.sha256) == (8, first8.sha256)
+    assert data.describe()["dropped_samples"] == 2
+
+
+def test_fixed_batch_pads_the_short_batch_for_evaluation():
+    from torchship.calibration.data import ShortBatch
+
+    images = _images(10)
+    labels = np.arange(10) % 3
+    data = open_data({"image": images, "labels": labels}, inputs=[FIXED8])
+    batches = list(data.batches(short=ShortBatch.PAD))
+    assert [(b.size, b.padding, b.samples) for b in batches] == [(8, 0, 8), (8, 6, 2)]
+    np.testing.assert_array_equal(batches[1].feeds["image"][2:], np.repeat(images[8:9], 6, 0))
+    assert batches[1].labels.tolist() == [2, 0]
+    every = open_data({"image": images}, inputs=[IMAGE])
+    _all(every)
+    assert (data.count, data.sha256) == (10, every.sha256)
+    assert data.describe()["padding_rows"] == 6
+    with pytest.raises(CalibrationError, match=r"samples 8\.\.9: input 'image': shape \[2, 1"):
+        _all(data)  # by default a short batch is still refused

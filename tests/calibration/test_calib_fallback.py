@@ -30,7 +30,9 @@ def test_sensitive_layer_is_kept_in_fp32_within_budget(tmp_path, sensitive_case)
     assert manifest["quantization"]["fallback"]["excluded_nodes"] == ["/sensitive/Gemm"]
 
 
-def test_budget_missed_still_writes_the_best_artifact_marked_failing(tmp_path, sensitive_case):
+def test_budget_missed_still_writes_the_best_artifact_marked_failing(
+    tmp_path, sensitive_case, capsys
+):
     artifact, calib, evaluation = sensitive_case
     out = tmp_path / "fail"
     args = ["quantize", str(artifact.path), "--calib", str(calib), "--eval", str(evaluation)]
@@ -39,6 +41,10 @@ def test_budget_missed_still_writes_the_best_artifact_marked_failing(tmp_path, s
     report = json.loads((out / "quantize_report.json").read_text())
     assert report["passed"] is False
     assert any("accuracy budget missed" in w for w in report["warnings"])
+    # Full INT8 also fails parity; the reason is a warning, so the CLI prints it.
+    assert report["parity"]["passed"] is False
+    assert any(w.startswith("parity vs FP32 failed: min cosine") for w in report["warnings"])
+    assert "parity vs FP32 failed: min cosine" in capsys.readouterr().out
     assert (out / "model.int8.onnx").is_file()
     assert json.loads((out / "manifest.json").read_text())["gates"]["passed"] is False
 

@@ -115,6 +115,8 @@ def test_calibration_data_that_does_not_fit_is_refused(tmp_path, demo_onnx):
         ({"mode": "hybrid"}, r"--mode 'hybrid': valid: static, dynamic"),
         ({"precision": "int4"}, r"--precision 'int4'"),
         ({"max_drop": -1.0}, r"--max-drop -1.0"),
+        ({"max_excluded": -1}, r"--max-fp32-nodes -1: must be >= 0"),
+        ({"threads": 0}, r"--threads 0: must be >= 1"),
     ],
 )
 def test_bad_options(kwargs, match):

@@ -229,3 +229,64 @@ def test_doctor_table_prints_brackets_as_text(capsys):
     assert run("doctor") == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "torchship[gpu]" in out
+
+
+def test_output_under_a_file_is_a_config_error(models, tmp_path, capsys):
+    (tmp_path / "x.py").write_text("")
+    code = run("export", f"{models}:small", "--input", "x:2x6", "-o", tmp_path / "x.py" / "sub")
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot create the output folder" in err and "internal error" not in err
+
+
+def test_export_into_an_earlier_export_removes_its_stale_artifacts(models, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run("export", f"{models}:small", "--input", "x:2x6", "-o", out) == 0
+    assert (out / "model.pt2").is_file()
+    (out / "notes.txt").write_text("not ours")  # unlisted: left alone
+    assert run("export", f"{models}:small", "--input", "x:2x6", "--format", "onnx", "-o", out) == 0
+    assert not (out / "model.pt2").exists() and not (out / "model.ts").exists()
+    assert (out / "notes.txt").is_file()
+    (out / "notes.txt").unlink()
+    capsys.readouterr()
+    assert run("verify", out) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["export", "{models}:small", "--input", "x:2x6", "--opset", "3"], "--opset 3: not a"),
+        (["prune", "demo", "--batch", "0", "--target-speedup", "2"], "--batch 0: must be >= 1"),
+        (["prune", "{tmp}/whole.pt", "--input", "x:2x6", "--trust-pickle"], "no prunable layers"),
+        (["prune", "{tmp}/whole.pt", "--input", "x:2x6"], "--trust-pickle"),
+    ],
+)
+def test_prune_and_export_flag_errors(models, tmp_path, capsys, argv, message):
+    torch.save(torch.nn.Linear(6, 3), tmp_path / "whole.pt")
+    argv = [a.format(models=models, tmp=tmp_path) for a in argv]
+    assert run(*argv, "-o", tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert message in err and "internal error" not in err
+
+
+def test_prune_of_a_pt2_says_to_prune_the_source(models, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = run("export", f"{models}:small", "--input", "x:2x6", "--format", "exported-program",
+               "-o", out)  # fmt: skip
+    assert code == 0
+    assert run("prune", out / "model.pt2", "-o", tmp_path / "p") == 2
+    assert "prune the original model source" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    ["[]", '{"artifacts": [{"path": "m.onnx", "inputs": [{"name": "x", "dtype": "float32"}]}]}'],
+)
+def test_bench_with_a_malformed_manifest_names_it(tmp_path, capsys, manifest):
+    module = torch.nn.Linear(6, 3)
+    torch.onnx.export(
+        module, (torch.zeros(1, 6),), str(tmp_path / "m.onnx"), dynamo=False, input_names=["x"]
+    )
+    (tmp_path / "manifest.json").write_text(manifest)
+    assert run("bench", tmp_path / "m.onnx", "--iters", "2") == 2
+    err = capsys.readouterr().err
+    assert "manifest.json" in err and "internal error" not in err

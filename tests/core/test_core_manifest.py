@@ -8,6 +8,7 @@ import json
 import pytest
 
 from torchship.api import staged_output
+from torchship.errors import ConfigError
 from torchship.files import atomic_dir, atomic_path
 from torchship.manifest import build_manifest, read_manifest, write_manifest
 from torchship.sources import load_model
@@ -52,6 +53,54 @@ def test_atomic_dir_keeps_the_old_bundle_when_interrupted(tmp_path):
             raise KeyboardInterrupt
     assert sorted(p.name for p in bundle.iterdir()) == ["manifest.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dist"]
+
+
+def test_atomic_dir_never_replaces_a_users_file_or_folder(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "main.py").write_text("print()")
+    for target, message in ((notes, "not a directory"), (project, "not a torchship output")):
+        with pytest.raises(ConfigError, match=message):
+            with atomic_dir(target):
+                pass
+    assert notes.read_text() == "mine" and (project / "main.py").is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with atomic_dir(empty) as stage:
+        (stage / "manifest.json").write_text("{}")
+    assert (empty / "manifest.json").is_file()
+
+
+def test_outputs_are_readable_by_others_and_parents_must_be_folders(tmp_path):
+    import os
+    import stat
+
+    from torchship.files import atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+        with atomic_dir(tmp_path / "bundle") as stage:
+            (stage / "sub").mkdir()
+            (stage / "sub" / "x.txt").write_text("x")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "bundle").stat().st_mode) == 0o755
+    with pytest.raises(ConfigError, match="a parent of this path is a file"):
+        atomic_write_text(tmp_path / "a.json" / "b.json", "{}")
+
+
+def test_ship_onto_a_file_exits_2_and_keeps_it(tmp_path, capsys):
+    from torchship.cli import main
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    assert main(["ship", "-o", str(notes)]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    assert notes.read_text() == "mine"
 
 
 def test_staged_output_moves_files_only_on_success(tmp_path):

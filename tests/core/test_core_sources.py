@@ -170,3 +170,73 @@ def test_corrupt_torchscript_archive(tmp_path):
     path.write_bytes(b"not a zip archive at all")
     with pytest.raises(ModelLoadError, match="bad.ts: neither a TorchScript archive"):
         load_model(str(path), inputs=SPEC)
+
+
+GHOST_MODULE = textwrap.dedent(
+    """
+    from torch import nn
+
+    class Ghost(nn.Module):
+        def forward(self, x):
+            return x
+    """
+)
+
+
+@pytest.fixture()
+def ghost_pickle(tmp_path, monkeypatch):
+    """A fully pickled model whose class lives in a module that is gone when it is loaded."""
+    import importlib.util
+    import sys
+
+    source = tmp_path / "ghost_models_for_pickle.py"
+    source.write_text(GHOST_MODULE)
+    spec = importlib.util.spec_from_file_location("ghost_models_for_pickle", source)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "ghost_models_for_pickle", module)
+    spec.loader.exec_module(module)
+    path = tmp_path / "ghost.pt"
+    torch.save(module.Ghost(), path)
+    monkeypatch.delitem(sys.modules, "ghost_models_for_pickle")
+    return path
+
+
+def test_trusted_pickle_with_a_missing_module_names_it(ghost_pickle, model_file):
+    match = "unpickling needs the module 'ghost_models_for_pickle', which cannot be imported"
+    with pytest.raises(ModelLoadError, match=f"ghost.pt: {match}"):
+        load_model(str(ghost_pickle), inputs=SPEC, trust_pickle=True)
+    with pytest.raises(ModelLoadError, match=f"--weights .*ghost.pt: {match}"):
+        load_model(f"{model_file}:build", inputs=SPEC, weights=ghost_pickle, trust_pickle=True)
+
+
+def test_weights_that_are_not_torch_save_files_give_one_line(model_file, tmp_path):
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(_build(model_file), (torch.zeros(2, 3, 8, 8),), str(path), dynamo=False)
+    with pytest.raises(ModelLoadError, match="model.onnx: not a torch.save file") as info:
+        load_model(f"{model_file}:build", inputs=SPEC, weights=path)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("error", [RuntimeError("needs a GPU\nmore"), SyntaxError("bad syntax")])
+def test_module_that_fails_to_import_is_a_load_error(monkeypatch, error):
+    import importlib
+
+    real = importlib.import_module
+
+    def fake(name, *args, **kwargs):
+        if name == "broken_user_models":
+            raise error
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib, "import_module", fake)
+    first = str(error).splitlines()[0]
+    with pytest.raises(ModelLoadError, match=f"cannot import 'broken_user_models': {first}$"):
+        load_model("broken_user_models:build", inputs=SPEC)
+
+
+def test_demo_with_wrong_inputs_is_config_error():
+    match = r"demo: the model failed on inputs image\[1, 3, 32, 32\]"
+    with pytest.raises(ConfigError, match=match):
+        load_model("demo", inputs=[parse_input_flag("image:1x3x32x32")])
+    model = load_model("demo", inputs=[parse_input_flag("image:2x1x32x32")])
+    assert model.outputs == ("logits",) and model.example["image"].shape == (2, 1, 32, 32)

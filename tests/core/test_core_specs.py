@@ -79,3 +79,34 @@ def test_check_feeds_names_the_input():
         check_feeds(specs, {"image": np.zeros((2, 3, 8, 8))})
     with pytest.raises(ConfigError, match=r"missing \['image'\], unexpected \['x'\]"):
         check_feeds(specs, {"x": np.zeros(1)})
+
+
+@pytest.mark.parametrize(
+    ("flag", "match"),
+    [
+        ("ids:2x4:int64:0..0.5", "holds no int64 value"),
+        ("ids:2x4:int64:0..1e30", r"must lie within -9223372036854775808\.\.9223372036854775808"),
+        ("ids:2x4:uint8:-1..10", r"must lie within 0\.\.256 for uint8"),
+        ("x:2x4:float32:0..inf", "must have finite bounds"),
+        ("x:2x4:float32:nan..5", "must have finite bounds"),
+        ("x:2x4:float16:0..1e6", "must lie within -65504..65504 for float16"),
+    ],
+)
+def test_value_ranges_that_cannot_be_drawn_are_rejected(flag, match):
+    with pytest.raises(ConfigError, match=rf"--input '{flag}': value range .*{match}"):
+        parse_input_flag(flag)
+
+
+def test_value_range_is_checked_for_specs_built_in_code():
+    with pytest.raises(ConfigError, match=r"input 'ids': value range 0..0.5 holds no int64 value"):
+        InputSpec("ids", "int64", (2, 4), value_range=(0, 0.5))
+    assert parse_input_flag("ids:2x4:uint8:0..256").value_range == (0, 256)
+
+
+def test_scalar_inputs_stay_zero_dimensional():
+    from torchship.loaded import to_torch_inputs
+
+    specs = [parse_input_flag("t:"), parse_input_flag("x:2x3")]
+    feeds = random_feeds(specs, seed=0)
+    assert feeds["t"].shape == () and feeds["x"].shape == (2, 3)
+    assert [tuple(t.shape) for t in to_torch_inputs(specs, feeds)] == [(), (2, 3)]

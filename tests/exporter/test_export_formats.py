@@ -215,3 +215,52 @@ def test_dropped_input_is_reported(tmp_path):
     with pytest.raises(ExportError, match="the exported graph has no input 'unused'"):
         export_model(model, tmp_path, formats=["onnx"], options=options)
     assert list(tmp_path.iterdir()) == []
+
+
+def _saved_pt2(tmp_path) -> LoadedModel:
+    """A model loaded back from a `.pt2` file: its module refuses `.eval()`."""
+    from torchship.sources import load_model
+
+    model = small_model(dynamic_batch=True)
+    (artifact,) = export_model(model, tmp_path, formats=["exported-program"])
+    return load_model(str(artifact.path))
+
+
+def test_saved_pt2_exports_to_onnx_and_torchscript(tmp_path):
+    model = _saved_pt2(tmp_path / "pt2")
+    with pytest.raises(NotImplementedError):
+        model.module.eval()  # the torch behaviour every exporter must tolerate
+    artifacts = export_model(model, tmp_path / "out", formats=["onnx", "torchscript"])
+    for artifact in artifacts:
+        require_parity(model, artifact, num_random=1)
+
+
+@pytest.mark.parametrize("opset", [0, 6, 99, True])
+def test_unsupported_opset_is_config_error(opset):
+    match = rf"--opset {opset}: not a supported ONNX opset; valid: 7\.\."
+    with pytest.raises(ConfigError, match=match):
+        ExportOptions(opset=opset)
+
+
+def test_opset_the_dynamo_exporter_cannot_write_falls_back_to_legacy(tmp_path, caplog):
+    # Below opset 18 the dynamo exporter tries a version conversion and keeps 18 when it fails.
+    model = small_model()
+    with caplog.at_level(logging.WARNING, logger="torchship.exporter.onnx_export"):
+        options = ExportOptions(opset=11)
+        (artifact,) = export_model(model, tmp_path, formats=["onnx"], options=options)
+    assert onnx_export.onnx_opset(artifact.path) == 11
+    assert artifact.details["opset"] == 11
+    if artifact.details["exporter"] == "legacy":
+        assert "not the requested 11" in caplog.text
+
+
+def test_opset_mismatch_with_the_dynamo_exporter_required_is_export_error(tmp_path, monkeypatch):
+    def wrong_opset(model, path, *, opset):
+        onnx_export.export_onnx_legacy(model, path, opset=opset + 1)
+
+    monkeypatch.setattr(onnx_export, "export_onnx_dynamo", wrong_opset)
+    options = ExportOptions(opset=17, dynamo=True)
+    match = "dynamo ONNX exporter wrote opset 18, not the requested 17"
+    with pytest.raises(ExportError, match=match):
+        export_model(small_model(), tmp_path, formats=["onnx"], options=options)
+    assert list(tmp_path.iterdir()) == []

@@ -70,3 +70,27 @@ def test_bad_training_data_and_settings_are_rejected():
         recover(teacher, {"image": bad["image"]})
     with pytest.raises(ConfigError, match="temperature must be > 0"):
         DistillConfig(temperature=0)
+
+
+@pytest.mark.parametrize(
+    ("labels", "match"),
+    [
+        (np.arange(1, 17) % 11, "label 10 is out of range: the model has 10 classes"),
+        (np.full(16, -1), "label -1 is out of range"),
+        (np.zeros((16, 1), np.int64), r"'labels' must be 1-D class ids, got shape \[16, 1\]"),
+        (np.full(16, 1.5), "'labels' must be integer class ids, got float64"),
+    ],
+)
+def test_labels_that_are_not_class_ids_are_rejected(labels, match):
+    teacher = load_demo()
+    data = {"image": _split("train", 16)["image"], "labels": labels}
+    with pytest.raises(CalibrationError, match=match):
+        recover(teacher, data, config=DistillConfig(mode=RecoveryMode.FINETUNE, epochs=1))
+    with pytest.raises(CalibrationError, match=match):
+        evaluate_accuracy(teacher, data)
+
+
+def test_whole_number_float_labels_still_work():
+    data = _split("train", 16)
+    data["labels"] = data["labels"].astype(np.float32)
+    assert evaluate_accuracy(load_demo(), data) is not None

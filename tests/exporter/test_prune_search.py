@@ -46,3 +46,24 @@ def test_bad_targets_are_rejected():
 @pytest.mark.parametrize("runtime", ["ort-cpu", "torch"])
 def test_latency_is_measured_through_the_runtime(runtime):
     assert measure_latency(load_demo(), runtime=runtime, batch=2, min_time_s=0.05) > 0
+
+
+def test_taylor_search_uses_the_training_data(macs_timer):
+    from torchship.exporter.prune_run import prune
+    from torchship.exporter.pruning import PruneConfig
+    from torchship.models import demo_dataset
+
+    images, labels = demo_dataset("train")
+    train = {"image": images[:32], "labels": labels[:32]}
+    config = PruneConfig(importance="taylor")
+    outcome = prune(load_demo(), config=config, train=train, target_speedup=1.5)
+    assert outcome.search is not None and outcome.pruning.params[1] < outcome.pruning.params[0]
+    with pytest.raises(ConfigError, match="importance 'taylor' needs data"):
+        search_ratio(load_demo(), target_speedup=1.5, config=config)
+
+
+def test_search_batch_below_one_is_rejected():
+    from torchship.exporter.prune_run import prune
+
+    with pytest.raises(ConfigError, match="--batch 0: the batch timed by the search must be >= 1"):
+        prune(load_demo(), target_speedup=2.0, batch=0)

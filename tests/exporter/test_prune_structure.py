@@ -203,3 +203,28 @@ def test_unknown_importance_and_taylor_without_data_are_rejected():
         PruneConfig(importance="l3")
     with pytest.raises(ConfigError, match="importance 'taylor' needs data"):
         prune_channels(_models()["concat"], config=PruneConfig(importance="taylor"))
+
+
+def test_pruning_a_saved_pt2_says_to_prune_the_source(tmp_path):
+    from torchship.exporter.prune_unstructured import prune_unstructured
+    from torchship.sources import load_model
+
+    model = _models()["concat"]
+    (artifact,) = export_model(model, tmp_path, formats=["exported-program"])
+    loaded = load_model(str(artifact.path))
+    match = r"cannot prune a torch.export program \(.pt2\).*prune the original model source"
+    with pytest.raises(ConfigError, match=match):
+        prune_channels(loaded)
+    with pytest.raises(ConfigError, match=match):
+        prune_unstructured(loaded, sparsity=0.5)
+
+
+def test_taylor_labels_outside_the_classes_are_calibration_errors():
+    from torchship.errors import CalibrationError
+
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((8, 3, 16, 16), dtype=np.float32)
+    config = PruneConfig(importance="taylor")
+    data = {"image": images, "labels": np.arange(1, 9) % 6}  # 1-based: 5 is one too many
+    with pytest.raises(CalibrationError, match="label 5 is out of range: the model has 5 classes"):
+        prune_channels(_models()["concat"], config=config, data=data)

@@ -2,19 +2,26 @@ from __future__ import annotations
 
 import json
 import logging
+import types
 
 import pytest
+import torch
 
-from torchship.artifact import Format
+from torchship.artifact import Artifact, Format
 from torchship.errors import BackendUnavailableError, ConfigError
 from torchship.runtimes import (
     BenchConfig,
     BenchResult,
+    base,
+    bench,
     bench_document,
     bench_many,
     bench_runner,
     load_bench_document,
 )
+from torchship.runtimes.bench import feeds_for_batch
+from torchship.runtimes.torch_cuda import ComputeEventTimer
+from torchship.specs import InputSpec
 
 FAST = BenchConfig(warmup=1, iters=5, batches=(1,))
 RESULT_KEYS = {
@@ -113,3 +120,48 @@ def test_load_bench_document_missing_file(tmp_path):
 def test_bench_config_validates(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         BenchConfig(**kwargs)
+
+
+class _Scaled(torch.nn.Module):
+    def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return x * scale
+
+
+def test_scalar_inputs_keep_their_shape_while_others_take_the_batch():
+    specs = [
+        InputSpec(name="x", dtype="float32", shape=(2, 4), dynamic={0: "batch"}),
+        InputSpec(name="scale", dtype="float32", shape=()),
+    ]
+    eager = Artifact.eager(_Scaled(), inputs=specs, outputs=["y"])
+    feeds = feeds_for_batch(eager, batch=3, seed=0)
+    assert feeds["x"].shape == (3, 4) and feeds["scale"].shape == ()
+    assert bench_runner("torch", eager, config=FAST, batch=3).batch == 3
+
+
+def test_only_scalar_inputs_take_batch_one_only():
+    scalar = InputSpec(name="scale", dtype="float32", shape=())
+    eager = Artifact.eager(torch.nn.Identity(), inputs=[scalar], outputs=["y"])
+    assert feeds_for_batch(eager, batch=1, seed=0)["scale"].shape == ()
+    with pytest.raises(ConfigError, match=r"no input has a batch axis .*scale.*batch 2 cannot"):
+        feeds_for_batch(eager, batch=2, seed=0)
+
+
+def test_feeds_are_checked_once_not_in_every_timed_call(tiny_artifacts, monkeypatch):
+    calls = []
+    real = base.check_feeds
+    monkeypatch.setattr(base, "check_feeds", lambda *a: calls.append(1) or real(*a))
+    bench_runner("torch", tiny_artifacts[Format.EAGER], config=FAST, batch=2)
+    assert len(calls) == 2  # the cold-start call and once before the timed loop
+
+
+def test_gpu_results_carry_host_latency(tiny_artifacts, monkeypatch):
+    # A GPU runner's timer: device time from the runner, host time of each call kept beside it.
+    device = types.SimpleNamespace(last_compute_ms=0.5)
+    monkeypatch.setattr(bench, "runner_timer", lambda runner: ComputeEventTimer(device))
+    result = bench_runner("torch", tiny_artifacts[Format.EAGER], config=FAST, batch=4)
+    data = result.to_dict()
+    assert set(data) == RESULT_KEYS | {"host_latency_ms"}
+    assert data["latency_ms"]["mean"] == 0.5 and data["throughput_per_s"] == 8000.0
+    assert set(data["host_latency_ms"]) == set(data["latency_ms"])
+    assert data["host_latency_ms"]["mean"] > 0
+    assert BenchResult.from_dict(json.loads(json.dumps(data))) == result

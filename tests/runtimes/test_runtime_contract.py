@@ -8,7 +8,14 @@ import torch
 
 from torchship.artifact import Artifact, Format
 from torchship.errors import BackendUnavailableError, ConfigError, ModelLoadError
-from torchship.runtimes import RUNNERS, available_runners, get_runner, require_available
+from torchship.runtimes import (
+    RUNNERS,
+    Runner,
+    available_runners,
+    base,
+    get_runner,
+    require_available,
+)
 from torchship.specs import InputSpec
 
 available_runners()  # registers every backend
@@ -171,3 +178,93 @@ def test_tuple_outputs_are_flattened():
         out = runner.infer(_x(2))
     assert list(out) == ["output_0", "output_1"]
     np.testing.assert_allclose(out["output_1"], _x(2)["x"] * 2)
+
+
+# --- inputs the backend rejects -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fmt", "name"),
+    [
+        (Format.EAGER, "torch"),
+        (Format.EXPORTED_PROGRAM, "torch"),
+        (Format.TORCHSCRIPT, "torchscript"),
+        (Format.ONNX, "ort-cpu"),
+    ],
+)
+def test_backend_rejecting_inputs_is_model_load_error(fmt, name, tiny_artifacts):
+    # Described as 5 features; the model takes 4. The feeds fit the description, so only the
+    # backend can tell, and it must not surface as an internal error.
+    base = tiny_artifacts[fmt]
+    wrong = InputSpec(name="x", dtype="float32", shape=(1, 5))
+    artifact = (
+        Artifact.eager(base.module, inputs=[wrong], outputs=["y"])
+        if fmt is Format.EAGER
+        else Artifact.create(base.path, format=fmt, inputs=[wrong], outputs=["y"])
+    )
+    with get_runner(name)(artifact) as runner:
+        with pytest.raises(
+            ModelLoadError, match=rf"runtime '{name}' failed to run .* x float32\[1, 5\]: \S"
+        ) as caught:
+            runner.infer({"x": np.zeros((1, 5), np.float32)})
+    assert "\n" not in str(caught.value)
+
+
+def test_ort_load_names_an_input_of_another_dtype(tiny_artifacts):
+    onnx = tiny_artifacts[Format.ONNX]
+    ids = InputSpec(name="x", dtype="int64", shape=(1, 4))
+    artifact = Artifact.create(onnx.path, format=Format.ONNX, inputs=[ids], outputs=["y"])
+    with pytest.raises(ModelLoadError, match=r"input 'x' is float32 in the ONNX graph.*int64"):
+        get_runner("ort-cpu")(artifact).load()
+
+
+def test_ort_load_names_an_input_of_another_rank(tiny_artifacts):
+    onnx = tiny_artifacts[Format.ONNX]
+    cube = InputSpec(name="x", dtype="float32", shape=(1, 4, 1))
+    artifact = Artifact.create(onnx.path, format=Format.ONNX, inputs=[cube], outputs=["y"])
+    with pytest.raises(ModelLoadError, match=r"input 'x' is 2-d .* describes 3-d \[1, 4, 1\]"):
+        get_runner("ort-cpu")(artifact).load()
+
+
+class _Failing(Runner):
+    name = "failing"
+    formats = (Format.EAGER,)
+
+    def __init__(self, artifact, error):
+        super().__init__(artifact)
+        self.error = error
+
+    @classmethod
+    def unavailable_reason(cls):
+        return None
+
+    def _load(self):
+        pass
+
+    def _infer(self, feeds):
+        raise self.error
+
+
+def test_torchship_errors_from_a_backend_pass_through(tiny_artifacts):
+    eager = tiny_artifacts[Format.EAGER]
+    with _Failing(eager, ConfigError("outside the engine's profile")) as runner:
+        with pytest.raises(ConfigError, match="outside the engine's profile"):
+            runner.infer(_x(2))
+    with _Failing(eager, ValueError("first line\nsecond line")) as runner:
+        with pytest.raises(ModelLoadError, match=r"'failing' failed .*: first line; check --input"):
+            runner.checked_call(_x(2))()
+
+
+def test_checked_call_checks_once(tiny_artifacts, monkeypatch):
+    calls = []
+    real = base.check_feeds
+    monkeypatch.setattr(base, "check_feeds", lambda *a: calls.append(1) or real(*a))
+    runner = get_runner("torch")(tiny_artifacts[Format.EAGER]).load()
+    with pytest.raises(ConfigError, match="dtype float64 given"):
+        runner.checked_call({"x": np.zeros((2, 4))})
+    call = runner.checked_call(_x(2))
+    outputs = [call() for _ in range(3)]
+    assert len(calls) == 2 and all(list(o) == ["y"] for o in outputs)
+    runner.close()
+    with pytest.raises(RuntimeError, match="after close"):
+        call()

@@ -7,6 +7,7 @@ import torch
 
 from torchship.artifact import Artifact, Format
 from torchship.errors import ConfigError
+from torchship.runtimes import interleaved
 from torchship.runtimes.interleaved import interleaved_ab
 from torchship.specs import InputSpec
 
@@ -111,3 +112,45 @@ def test_zero_batch_is_refused(tiny_artifacts):
     onnx = tiny_artifacts[Format.ONNX]
     with pytest.raises(ConfigError, match="batch must be >= 1"):
         interleaved_ab(onnx, onnx, batch=0)
+
+
+class _FixedTimer:
+    """Stands in for a runner's own timer (CUDA events on its stream on a GPU)."""
+
+    clock = "fixed"
+
+    def __init__(self, runner, ms):
+        self.runner, self.ms = runner, ms
+
+    def time_call(self, fn):
+        fn()
+        return self.ms
+
+
+def test_each_side_is_timed_by_its_own_runner_timer(tiny_artifacts, monkeypatch):
+    timers = []
+
+    def runner_timer(runner):
+        timers.append(_FixedTimer(runner, 2.0 if runner.name == "torchscript" else 1.0))
+        return timers[-1]
+
+    monkeypatch.setattr(interleaved, "runner_timer", runner_timer)
+    onnx, ts = tiny_artifacts[Format.ONNX], tiny_artifacts[Format.TORCHSCRIPT]
+    result = interleaved_ab(onnx, ts, rounds=2, iters_per_round=3, warmup=0)
+    assert [t.runner.name for t in timers] == ["ort-cpu", "torchscript", "torchscript", "ort-cpu"]
+    assert len({id(t.runner) for t in timers}) == 4  # a timer per loaded runner
+    assert result.a_rounds == ((1.0,) * 3,) * 2 and result.b_rounds == ((2.0,) * 3,) * 2
+    assert result.ratio == 2.0 and result.to_dict()["clock"] == "host-wall"
+
+
+def test_sides_on_different_clocks_are_both_host_timed(tiny_artifacts, monkeypatch):
+    monkeypatch.setattr(interleaved, "runner_timer", lambda runner: _FixedTimer(runner, 1.0))
+    monkeypatch.setattr(
+        interleaved,
+        "_clock_of",
+        lambda cls: "cuda-event" if cls.name == "torchscript" else "host-wall",
+    )
+    onnx, ts = tiny_artifacts[Format.ONNX], tiny_artifacts[Format.TORCHSCRIPT]
+    result = interleaved_ab(onnx, ts, rounds=2, iters_per_round=3, warmup=0)
+    assert result.clock == "host-wall"
+    assert 1.0 not in {s for r in result.a_rounds + result.b_rounds for s in r}

@@ -83,6 +83,39 @@ def test_ort_trt_runs_on_our_stream_with_an_engine_cache(tiny_artifacts, engine_
     assert trt_opts["trt_engine_cache_path"] == str(engine_cache_dir / "ort-trt")
 
 
+def test_ort_trt_creates_its_engine_cache_folder(tiny_artifacts, engine_cache_dir):
+    # ORT creates trt_engine_cache_path without parents; a fresh ~/.cache must not break it.
+    assert not engine_cache_dir.exists()
+    runner = OrtTensorrtRunner(tiny_artifacts[Format.ONNX])
+    runner._stream = types.SimpleNamespace(cuda_stream=1234)
+    runner.provider_list()
+    assert (engine_cache_dir / "ort-trt").is_dir()
+
+
+@pytest.mark.parametrize("cls", [OrtCudaRunner, OrtTensorrtRunner])
+def test_ort_gpu_needs_torch_cuda(cls, monkeypatch):
+    # onnxruntime-gpu and a GPU, but CPU-only torch: the runner's streams/buffers need torch CUDA.
+    import onnxruntime
+    import torch
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: list(cls.providers))
+    monkeypatch.setattr("torchship.runtimes.onnxruntime.gpu_visible", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    reason = cls.unavailable_reason()
+    assert reason is not None and "sees no CUDA GPU" in reason
+    assert f"{cls.name} needs a CUDA build of torch" in reason
+
+
+def test_broken_tensorrt_is_unavailable_with_the_import_error(monkeypatch):
+    def broken():
+        raise BackendUnavailableError(
+            "tensorrt is installed but cannot be imported: libnvinfer.so.10: cannot open"
+        )
+
+    monkeypatch.setattr("torchship.runtimes.tensorrt.import_tensorrt", broken)
+    assert "cannot be imported: libnvinfer.so.10" in TensorRTRunner.unavailable_reason()
+
+
 def test_ort_cpu_providers_unchanged(tiny_artifacts):
     runner = get_runner("ort-cpu")(tiny_artifacts[Format.ONNX])
     assert runner.provider_list() == ["CPUExecutionProvider"]

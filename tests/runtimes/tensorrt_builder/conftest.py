@@ -87,14 +87,30 @@ def make_fake_trt(version: str) -> types.ModuleType:
             setattr(trt, name, type(name, (), {"__init__": lambda self: None}))
     error_cls = FakeParserError10 if major >= 10 else FakeParserError
     trt.make_error = error_cls
+    types_ = {"FLOAT": 0, "HALF": 1, "INT8": 2, "INT32": 3, "BOOL": 4, "UINT8": 5}
+    if major >= 10:
+        types_["INT64"] = 8  # 8.6 has no INT64: its parser turns int64 inputs into int32
+    trt.DataType = enum.IntEnum("DataType", types_)
+    trt.nptype = lambda dtype: _NPTYPES[trt.DataType(dtype).name]
     trt.Builder = lambda logger: FakeBuilder(trt, logger)
     trt.OnnxParser = lambda network, logger: FakeParser(trt, network)
     return trt
 
 
+_NPTYPES = {
+    "FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32,
+    "BOOL": np.bool_, "UINT8": np.uint8, "INT64": np.int64,
+}  # fmt: skip
+_ONNX_TO_TRT = {
+    TensorProto.FLOAT: "FLOAT", TensorProto.FLOAT16: "HALF", TensorProto.INT8: "INT8",
+    TensorProto.INT32: "INT32", TensorProto.BOOL: "BOOL", TensorProto.UINT8: "UINT8",
+    TensorProto.INT64: "INT64",
+}  # fmt: skip
+
+
 class FakeTensor:
-    def __init__(self, name, shape):
-        self.name, self.shape = name, shape
+    def __init__(self, name, shape, dtype=None):
+        self.name, self.shape, self.dtype = name, shape, dtype
 
 
 class FakeNetwork:
@@ -120,7 +136,12 @@ class FakeParser:
         graph = onnx.load(path).graph
         for value in graph.input:
             dims = [d.dim_value if d.HasField("dim_value") else -1 for d in _dims(value)]
-            self.network.inputs.append(FakeTensor(value.name, tuple(dims)))
+            dtype = _ONNX_TO_TRT[value.type.tensor_type.elem_type]
+            if not hasattr(self.trt.DataType, dtype):
+                dtype = "INT32"  # what the 8.6 parser does with int64
+            self.network.inputs.append(
+                FakeTensor(value.name, tuple(dims), getattr(self.trt.DataType, dtype))
+            )
         return True
 
     @property

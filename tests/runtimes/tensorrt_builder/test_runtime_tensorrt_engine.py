@@ -7,10 +7,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import types
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from torchship.artifact import Artifact, Format, Precision
@@ -31,6 +33,7 @@ from torchship.runtimes.tensorrt_files import (
     read_engine_info,
     ship_engines,
 )
+from torchship.specs import InputSpec
 
 GPU = GpuIdentity("NVIDIA Fake 4090", "8.9")  # what conftest's fake reports
 
@@ -279,6 +282,42 @@ def test_cli_bad_input_exits_2(fake_trt, fp32_onnx, capsys, extra, match):
 def test_cli_without_tensorrt_exits_3(fp32_onnx, capsys):
     assert main(["build-engine", str(fp32_onnx.path), "--no-parity"]) == 3
     assert "tensorrt package is not installed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("version", "uploaded"), [("8.6.1", np.int32), ("10.0.1", np.int64)])
+def test_calibration_batches_take_the_network_input_dtype(
+    fake_trt, monkeypatch, tmp_path, version, uploaded
+):
+    from onnx import TensorProto, helper
+
+    fake_trt(version)
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    cast = helper.make_node("Cast", ["ids"], ["y"], to=TensorProto.FLOAT, name="cast_0")
+    path = tmp_path / "ids.onnx"
+    onnx.save(helper.make_model(helper.make_graph([cast], "g", [ids], [y])), str(path))
+    spec = InputSpec(name="ids", dtype="int64", shape=(2, 4), dynamic={0: "batch"})
+    artifact = Artifact.create(path, format=Format.ONNX, inputs=[spec], outputs=["y"])
+    data = tmp_path / "ids.npz"
+    np.savez(data, ids=np.arange(64, dtype=np.int64).reshape(16, 4))
+    seen = []
+
+    def upload(array):
+        seen.append(array)
+        return types.SimpleNamespace(data_ptr=lambda: id(array))
+
+    monkeypatch.setattr("torchship.runtimes.tensorrt_calib._cuda_upload", upload)
+    options = EngineOptions(precision="int8", calibrator="entropy", calib_data=str(data))
+    build_engine(artifact, options=options)
+    assert len(seen) == 2 and {a.dtype for a in seen} == {np.dtype(uploaded)}
+    np.testing.assert_array_equal(seen[0], np.arange(32).reshape(8, 4))
+
+
+def test_too_old_tensorrt_is_unavailable(fake_trt):
+    from torchship.runtimes.tensorrt import TensorRTRunner
+
+    fake_trt("8.5.3")
+    assert "TensorRT 8.5.3 is too old" in TensorRTRunner.unavailable_reason()
 
 
 def test_too_little_calibration_data(fake_trt, fp32_onnx, tmp_path):
