@@ -30,7 +30,6 @@ from torchship.pipeline import PipelineConfig, step_function
 __all__ = ["GateResult", "PipelineResult", "run_pipeline", "require_pipeline"]
 
 log = logging.getLogger(__name__)
-_EVAL_BATCH = 50
 
 
 @dataclass(frozen=True)
@@ -194,6 +193,7 @@ def _quantized(config: PipelineConfig, artifacts, stage: Path, step) -> list[Art
 
 def _measure(config: PipelineConfig, model, artifacts, stage: Path, step):
     from torchship.runtimes import BenchConfig, bench_document, bench_runner, default_runtime_for
+    from torchship.ship import evaluate_top1
 
     bench = config.bench
     bench_config = BenchConfig(
@@ -210,7 +210,7 @@ def _measure(config: PipelineConfig, model, artifacts, stage: Path, step):
         for runtime in runtimes:
             label = "eager" if artifact.format is Format.EAGER else _rel(artifact, stage)
             step(f"accuracy and latency of {label} on {runtime}")
-            accuracy = _accuracy(runtime, artifact, data) if data else None
+            accuracy = evaluate_top1(runtime, artifact, *data) if data else None
             for batch in bench.batches:
                 result = bench_runner(runtime, artifact, config=bench_config, batch=batch)
                 results.append(result)
@@ -280,29 +280,6 @@ def _free_batch(spec):
     if not spec.shape or 0 in spec.dynamic:
         return spec
     return replace(spec, dynamic={**spec.dynamic, 0: "batch"})
-
-
-def _accuracy(runtime: str, artifact: Artifact, data) -> float:
-    """Top-1 through `runtime`, in batches of the model's fixed batch size when it has one
-    (the last batch padded with copies of its first row, whose outputs are dropped)."""
-    from torchship.models import top1_accuracy
-    from torchship.runtimes import get_runner
-
-    feeds, labels = data
-    spec = artifact.inputs[0]
-    fixed = spec.shape[0] if spec.shape and 0 not in spec.dynamic else None
-    size = fixed or _EVAL_BATCH
-    logits = []
-    with get_runner(runtime)(artifact) as runner:
-        for start in range(0, len(labels), size):
-            batch = {k: v[start : start + size] for k, v in feeds.items()}
-            count = len(next(iter(batch.values())))
-            if fixed and count < fixed:
-                batch = {
-                    k: np.concatenate([v, v[:1].repeat(fixed - count, 0)]) for k, v in batch.items()
-                }
-            logits.append(next(iter(runner.infer(batch).values()))[:count])
-    return top1_accuracy(np.concatenate(logits), labels)
 
 
 def _gates(
