@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from torchship.calibration.data import Batch, DataSet, ShortBatch
+from torchship.calibration.data import Batch, DataSet, ShortBatch, check_label_range
 from torchship.errors import CalibrationError
 
 __all__ = ["EvalOutputs", "Accuracy", "run_eval", "compare_accuracy", "near_chance_warning"]
@@ -85,7 +85,7 @@ def run_eval(model_path: Path, data: DataSet, *, threads: int | None = None) -> 
         out = out.reshape(out.shape[0], -1) if out.ndim != 2 else out
         rows.append(out[: batch.samples])
         if batch.labels is not None:
-            _check_label_range(batch, num_classes=out.shape[1])
+            check_label_range(batch.labels, out.shape[1], what=batch.origin)
             labels.append(batch.labels)
     del session
     logits = np.concatenate(rows).astype(np.float32)
@@ -103,16 +103,6 @@ def _run_batch(session, output: str, batch: Batch, model_name: str) -> np.ndarra
             f"{batch.origin}: {model_name} failed on this batch: {type(exc).__name__}: "
             f"{lines[0] if lines else ''}"
         ) from exc
-
-
-def _check_label_range(batch: Batch, *, num_classes: int) -> None:
-    """Labels index the columns of the first output: 0..num_classes-1."""
-    if batch.labels.size and batch.labels.max() >= num_classes:
-        raise CalibrationError(
-            f"{batch.origin}: label {int(batch.labels.max())} is out of range: the model's "
-            f"first output has {num_classes} classes, labels must be 0..{num_classes - 1} "
-            "(1-based labels? subtract 1)"
-        )
 
 
 def compare_accuracy(candidate: EvalOutputs, reference: EvalOutputs) -> Accuracy:

@@ -24,7 +24,15 @@ import numpy as np
 from torchship.errors import CalibrationError, ConfigError, ModelLoadError
 from torchship.specs import InputSpec
 
-__all__ = ["LABELS_KEY", "Batch", "DataSet", "ShortBatch", "open_data", "load_arrays"]
+__all__ = [
+    "LABELS_KEY",
+    "check_label_range",
+    "Batch",
+    "DataSet",
+    "ShortBatch",
+    "open_data",
+    "load_arrays",
+]
 
 log = logging.getLogger(__name__)
 
@@ -392,6 +400,21 @@ def _checked_labels(origin: str, labels: np.ndarray) -> np.ndarray:
             f"{where}: label {int(labels.min())} is negative; expected class indices 0..N-1"
         )
     return labels.astype(np.int64, copy=False)
+
+
+def check_label_range(labels, classes: int, *, what: str) -> None:
+    """CalibrationError unless every label (numpy or CPU tensor) is a class id in
+    [0, classes), `classes` being the width of the model's first output."""
+    labels = np.asarray(labels)
+    if not labels.size:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    bad = low if low < 0 else high if high >= classes else None
+    if bad is not None:
+        raise CalibrationError(
+            f"{what}: label {bad} is out of range: the model has {classes} classes, labels must "
+            f"be 0..{classes - 1} (1-based labels? subtract 1)"
+        )
 
 
 def _padded(batch: Batch, size: int) -> Batch:

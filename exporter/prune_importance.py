@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch_pruning as tp
 
+from torchship.calibration.data import LABELS_KEY, check_label_range
 from torchship.errors import CalibrationError, ConfigError
 from torchship.loaded import eval_mode
 from torchship.registry import Registry
@@ -25,15 +26,11 @@ __all__ = [
     "ImportanceSpec",
     "LABELS_KEY",
     "accumulate_taylor_gradients",
-    "check_label_range",
     "check_training_data",
     "iterate_batches",
 ]
 
 log = logging.getLogger(__name__)
-
-#: Key of the int64 class ids in a training/eval dict or `.npz` file (DESIGN.md).
-LABELS_KEY = "labels"
 
 
 @dataclass(frozen=True)
@@ -100,19 +97,6 @@ def _check_label_array(labels: np.ndarray, *, what: str) -> int:
                 f"(e.g. {example})"
             )
     return len(labels)
-
-
-def check_label_range(labels: torch.Tensor, classes: int, *, what: str) -> None:
-    """CalibrationError unless every label is a class id in [0, classes) of the logits."""
-    if not labels.numel():
-        return
-    low, high = int(labels.min()), int(labels.max())
-    bad = low if low < 0 else high if high >= classes else None
-    if bad is not None:
-        raise CalibrationError(
-            f"{what}: label {bad} is out of range: the model has {classes} classes, labels must "
-            f"be 0..{classes - 1} (1-based labels? subtract 1)"
-        )
 
 
 def iterate_batches(
