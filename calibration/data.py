@@ -180,18 +180,21 @@ def load_arrays(
     """All of `source` in memory, by input name plus `labels` when it has them.
 
     For training and evaluation sets that are read many times (pruning's fine-tuning epochs);
-    it goes through the same readers and checks as calibration, so every source works.
+    it goes through the same readers and checks as calibration, so every source works. The
+    count need not be a multiple of a fixed batch axis: the padding is cut off again.
     """
     try:
-        batches = list(open_data(source, inputs=inputs))
+        batches = list(open_data(source, inputs=inputs).batches(short=ShortBatch.PAD))
     except CalibrationError as exc:
         raise CalibrationError(f"{what}: {exc}") from None
-    arrays = {s.name: np.concatenate([b.feeds[s.name] for b in batches]) for s in inputs}
+    arrays = {
+        s.name: np.concatenate([b.feeds[s.name][: b.samples] for b in batches]) for s in inputs
+    }
     labelled = [b.labels is not None for b in batches]
     if any(labelled) and not all(labelled):
         raise CalibrationError(f"{what} {source}: some files have `labels` and some do not")
     if all(labelled):
-        arrays[LABELS_KEY] = np.concatenate([b.labels for b in batches])
+        arrays[LABELS_KEY] = np.concatenate([b.labels[: b.samples] for b in batches])
     return arrays
 
 

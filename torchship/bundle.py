@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -268,18 +268,10 @@ def _eval_data(config: PipelineConfig, model) -> tuple[dict, np.ndarray] | None:
         return None
     from torchship.calibration.data import LABELS_KEY, load_arrays
 
-    # read with a free batch axis: the set need not be a multiple of a fixed model batch
-    specs = [_free_batch(s) for s in model.inputs]
-    arrays = load_arrays(path, inputs=specs, what="[model] eval")
+    arrays = load_arrays(path, inputs=model.inputs, what="[model] eval")
     if LABELS_KEY not in arrays:
         raise CalibrationError(f"[model] eval: {path} has no `{LABELS_KEY}` array")
     return {s.name: arrays[s.name] for s in model.inputs}, arrays[LABELS_KEY]
-
-
-def _free_batch(spec):
-    if not spec.shape or 0 in spec.dynamic:
-        return spec
-    return replace(spec, dynamic={**spec.dynamic, 0: "batch"})
 
 
 def _gates(
