@@ -24,7 +24,7 @@ from torchship.fingerprint import fingerprint_key, machine_fingerprint, software
 from torchship.runtimes.base import Runner, default_runtime_for, get_runner, require_available
 from torchship.runtimes.stats import HIGH_CV, Stats
 from torchship.runtimes.timing import HostTimer, Timer, measure, time_cold_start
-from torchship.specs import InputSpec, random_feeds
+from torchship.specs import random_feeds
 
 __all__ = [
     "BENCH_SCHEMA",
@@ -246,28 +246,14 @@ def feeds_for_batch(artifact: Artifact, *, batch: int, seed: int) -> dict[str, n
                 f"no input has a batch axis (inputs: {', '.join(s.name for s in specs) or 'none'}"
                 f"), so batch {batch} cannot apply; bench --batch 1"
             )
-        return _keep_scalars(specs, random_feeds(specs, seed=seed))
+        return random_feeds(specs, seed=seed)
     for spec in batched:
         if spec.shape[0] != batch and 0 not in spec.dynamic:
             raise ConfigError(
                 f"input {spec.name!r}: batch {batch} requested but axis 0 is fixed at "
                 f"{spec.shape[0]}; export with --dynamic-batch or bench --batch {spec.shape[0]}"
             )
-    feeds = random_feeds([s.with_batch(batch) if s.shape else s for s in specs], seed=seed)
-    return _keep_scalars(specs, feeds)
-
-
-def _keep_scalars(
-    specs: Sequence[InputSpec], feeds: dict[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    # random_feeds goes through np.ascontiguousarray, which turns 0-d arrays into 1-d ones.
-    for spec in specs:
-        if not spec.shape:
-            feeds[spec.name] = feeds[spec.name].reshape(())
-    return feeds
-
-
-_feeds_for_batch = feeds_for_batch  # older private name, used by runtimes/interleaved.py
+    return random_feeds(specs, seed=seed, batch=batch)
 
 
 def _runtimes_for(artifact: Artifact, runtimes: Sequence[str] | None) -> list[str]:

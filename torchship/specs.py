@@ -187,11 +187,12 @@ def apply_dynamic_flags(
 def random_feeds(
     specs: Sequence[InputSpec], *, seed: int, batch: int | None = None
 ) -> dict[str, np.ndarray]:
-    """Random inputs matching `specs` (optionally with another batch size), reproducible by seed."""
+    """Random inputs matching `specs`, reproducible by seed. `batch` replaces axis 0 of every
+    input that has one; scalar inputs stay scalars."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in specs:
-        shape = spec.with_batch(batch).shape if batch is not None else spec.shape
+        shape = spec.with_batch(batch).shape if batch is not None and spec.shape else spec.shape
         dtype = spec.np_dtype
         if dtype == np.bool_:
             value = rng.random(shape) < 0.5
