@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from torchship.errors import CalibrationError, ConfigError, ModelLoadError
+from torchship.errors import CalibrationError, ConfigError, ModelLoadError, first_line
 from torchship.specs import InputSpec
 
 __all__ = [
@@ -216,7 +216,7 @@ def _load_file(path: Path, inputs: Sequence[InputSpec]) -> Chunk:
     except CalibrationError:
         raise
     except _READ_ERRORS as exc:
-        reason = f"{type(exc).__name__}: {_first_line(exc)}"
+        reason = f"{type(exc).__name__}: {first_line(exc)}"
         raise CalibrationError(
             f"{path}: not a readable numpy file, corrupt or truncated? ({reason})"
         ) from None
@@ -291,7 +291,7 @@ def _resolve_function(text: str) -> Callable[[], Iterable]:
             raise CalibrationError(f"{text}: cannot import {target!r}: {exc}") from None
         except Exception as exc:  # the user's module raised while being imported
             raise CalibrationError(
-                f"{text}: importing {target!r} failed: {type(exc).__name__}: {_first_line(exc)}"
+                f"{text}: importing {target!r} failed: {type(exc).__name__}: {first_line(exc)}"
             ) from exc
     function = getattr(module, attr, None)
     if not callable(function):
@@ -304,7 +304,7 @@ def _call(function: Callable[[], Iterable], text: str) -> Iterable:
         result = function()
     except Exception as exc:
         raise CalibrationError(
-            f"{text}: calling it failed: {type(exc).__name__}: {_first_line(exc)}"
+            f"{text}: calling it failed: {type(exc).__name__}: {first_line(exc)}"
         ) from exc
     if isinstance(result, Mapping):
         return [result]
@@ -321,7 +321,7 @@ def _iterate(items: Iterable, text: str) -> Iterator:
         iterator = iter(items)
     except Exception as exc:
         raise CalibrationError(
-            f"{text}: iterating it failed: {type(exc).__name__}: {_first_line(exc)}"
+            f"{text}: iterating it failed: {type(exc).__name__}: {first_line(exc)}"
         ) from exc
     index = 0
     while True:
@@ -331,18 +331,10 @@ def _iterate(items: Iterable, text: str) -> Iterator:
             return
         except Exception as exc:
             raise CalibrationError(
-                f"{text}: producing item {index} failed: {type(exc).__name__}: {_first_line(exc)}"
+                f"{text}: producing item {index} failed: {type(exc).__name__}: {first_line(exc)}"
             ) from exc
         yield item
         index += 1
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else ""
-
-
-# --- selection, splitting and checks ----------------------------------------------------------
 
 
 def _sample_count(origin: str, chunk: Chunk) -> int:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from torchship.artifact import Artifact, Format
-from torchship.errors import ConfigError, ExportError, ToolchainError
+from torchship.errors import ConfigError, ExportError, ToolchainError, first_line
 from torchship.loaded import LoadedModel, eval_mode, to_torch_inputs
 from torchship.registry import Registry
 from torchship.specs import InputSpec
@@ -27,7 +27,6 @@ __all__ = [
     "export_model",
     "export_feeds",
     "export_args",
-    "first_line",
     "quiet_torch",
     "supported_opsets",
 ]
@@ -74,14 +73,6 @@ class ExportOptions:
 Exporter = Callable[..., Artifact]
 #: format name -> `fn(model, path, *, options) -> Artifact`
 EXPORTERS: Registry[Exporter] = Registry("format")
-
-
-def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's text (or its type name)."""
-    for line in str(exc).splitlines():
-        if line.strip():
-            return line.strip()
-    return type(exc).__name__
 
 
 @contextlib.contextmanager

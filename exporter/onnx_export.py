@@ -14,13 +14,12 @@ import onnx
 import torch
 
 from torchship.artifact import Artifact, Format
-from torchship.errors import ExportError
+from torchship.errors import ExportError, first_line
 from torchship.exporter.base import (
     EXPORTERS,
     ExportOptions,
     dynamic_shapes_for,
     export_args,
-    first_line,
     quiet_torch,
 )
 from torchship.exporter.onnx_io import onnx_dtype_name

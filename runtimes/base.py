@@ -9,13 +9,18 @@ from typing import ClassVar
 import numpy as np
 
 from torchship.artifact import Artifact, Format
-from torchship.errors import BackendUnavailableError, ConfigError, ModelLoadError, ToolchainError
+from torchship.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    ModelLoadError,
+    ToolchainError,
+    first_line,
+)
 from torchship.registry import Registry
 from torchship.specs import InputSpec, check_feeds
 
 __all__ = [
     "Runner",
-    "first_line",
     "RUNNERS",
     "get_runner",
     "available_runners",
@@ -108,7 +113,8 @@ class Runner(abc.ABC):
         except Exception as exc:  # each backend raises its own types for inputs it rejects
             raise ModelLoadError(
                 f"runtime {self.name!r} failed to run {self.artifact.path.name} on inputs "
-                f"{_describe_feeds(feeds)}: {first_line(exc)}; check --input against the model"
+                f"{_describe_feeds(feeds)}: {first_line(exc, limit=200)}; "
+                "check --input against the model"
             ) from exc
 
     def close(self) -> None:
@@ -130,13 +136,6 @@ class Runner(abc.ABC):
 
     def _close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release sessions/modules; the default drops nothing."""
-
-
-def first_line(exc: BaseException, *, limit: int = 200) -> str:
-    """The first line of an exception's text (backend errors can span pages), cut at `limit`."""
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _describe_feeds(feeds: Mapping[str, np.ndarray]) -> str:

@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from torchship.artifact import Artifact, Format
-from torchship.errors import BackendUnavailableError, ModelLoadError
-from torchship.runtimes.base import RUNNERS, Runner, first_line
+from torchship.errors import BackendUnavailableError, ModelLoadError, first_line
+from torchship.runtimes.base import RUNNERS, Runner
 from torchship.runtimes.torch_cuda import ComputeEvents, GpuTimedMixin, cuda_reason
 
 __all__ = ["OrtRunner", "OrtCpuRunner", "OrtGpuRunner", "OrtCudaRunner", "OrtTensorrtRunner"]

@@ -12,11 +12,11 @@ import numpy as np
 import torch
 
 from torchship.artifact import Format
-from torchship.errors import ModelLoadError
+from torchship.errors import ModelLoadError, first_line
 from torchship.loaded import flatten_outputs, to_torch_inputs
-from torchship.runtimes.base import RUNNERS, Runner, first_line
+from torchship.runtimes.base import RUNNERS, Runner
 
-__all__ = ["TorchModuleRunner", "TorchRunner", "name_outputs", "first_line", "require_zip_archive"]
+__all__ = ["TorchModuleRunner", "TorchRunner", "name_outputs", "require_zip_archive"]
 
 log = logging.getLogger(__name__)
 

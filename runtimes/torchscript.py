@@ -7,11 +7,10 @@ import logging
 import torch
 
 from torchship.artifact import Format
-from torchship.errors import ModelLoadError
+from torchship.errors import ModelLoadError, first_line
 from torchship.runtimes.base import RUNNERS
 from torchship.runtimes.torch_eager import (
     TorchModuleRunner,
-    first_line,
     require_zip_archive,
 )
 

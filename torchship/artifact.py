@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchship.errors import ConfigError, ModelLoadError, ToolchainError
+from torchship.errors import ConfigError, ModelLoadError, ToolchainError, first_line
 from torchship.files import sha256_file
 from torchship.specs import InputSpec
 
@@ -167,7 +167,7 @@ def _from_manifest(path: Path) -> tuple[list[InputSpec], list[str], Precision] |
     try:
         data = json.loads(manifest.read_text())
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{manifest}: not readable JSON ({_first_line(exc)})") from None
+        raise ModelLoadError(f"{manifest}: not readable JSON ({first_line(exc)})") from None
     if not isinstance(data, dict):
         raise ModelLoadError(f"{manifest}: must hold a JSON object, found {type(data).__name__}")
     entries = data.get("artifacts", [])
@@ -186,11 +186,6 @@ def _from_manifest(path: Path) -> tuple[list[InputSpec], list[str], Precision] |
         ) from None
     except (AttributeError, TypeError, ValueError, ToolchainError) as exc:
         raise ModelLoadError(
-            f"{manifest}: the entry for {path.name} is malformed: {_first_line(exc)}"
+            f"{manifest}: the entry for {path.name} is malformed: {first_line(exc)}"
         ) from None
     return specs, outputs, precision
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "first_line",
     "EXIT_OK",
     "EXIT_CHECK_FAILED",
     "EXIT_BAD_INPUT",
@@ -61,3 +62,10 @@ class BackendUnavailableError(ToolchainError):
     """A requested runtime or device is not available on this machine."""
 
     exit_code = EXIT_UNAVAILABLE
+
+
+def first_line(exc: BaseException, *, limit: int | None = None) -> str:
+    """The first non-empty line of an exception's text (backend errors can span pages), or its
+    type name; cut at `limit` characters when given."""
+    line = next((x.strip() for x in str(exc).splitlines() if x.strip()), type(exc).__name__)
+    return line if limit is None or len(line) <= limit else line[: limit - 3] + "..."

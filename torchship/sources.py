@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from torchship.errors import ConfigError, ModelLoadError
+from torchship.errors import ConfigError, ModelLoadError, first_line
 from torchship.files import sha256_file
 from torchship.loaded import LoadedModel, eval_mode, flatten_outputs, to_torch_inputs
 from torchship.specs import InputSpec, random_feeds
@@ -98,7 +98,7 @@ def _probe_outputs(module, inputs, example, source, output_names) -> tuple[str, 
     except Exception as exc:  # the user's model raised: report it as bad input
         shapes = ", ".join(f"{s.name}{list(s.shape)}:{s.dtype}" for s in inputs)
         raise ConfigError(
-            f"{source}: the model failed on inputs {shapes}: {_first_line(exc)}"
+            f"{source}: the model failed on inputs {shapes}: {first_line(exc)}"
         ) from exc
     if output_names:
         if len(output_names) != len(flat):
@@ -124,7 +124,7 @@ def _resolve_factory(source: str):
         try:
             module = importlib.import_module(target)
         except Exception as exc:  # importing runs the module's code: any error can come out
-            raise ModelLoadError(f"{source}: cannot import {target!r}: {_first_line(exc)}") from exc
+            raise ModelLoadError(f"{source}: cannot import {target!r}: {first_line(exc)}") from exc
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
         raise ModelLoadError(f"{source}: {target!r} has no callable {attr!r}")
@@ -142,7 +142,7 @@ def _import_file(path: Path):
         spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[name]
-        raise ModelLoadError(f"{path}: importing it failed: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"{path}: importing it failed: {first_line(exc)}") from exc
     return module
 
 
@@ -150,7 +150,7 @@ def _call_factory(factory, source: str) -> torch.nn.Module:
     try:
         module = factory()
     except Exception as exc:
-        raise ModelLoadError(f"{source}: the factory raised: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"{source}: the factory raised: {first_line(exc)}") from exc
     if not isinstance(module, torch.nn.Module):
         raise ModelLoadError(
             f"{source}: the factory returned {type(module).__name__}, expected a torch.nn.Module"
@@ -165,7 +165,7 @@ def _load_archive(path: Path, *, trust_pickle: bool):
         try:
             program = torch.export.load(str(path))
         except Exception as exc:
-            raise ModelLoadError(f"{path}: not a torch.export archive: {_first_line(exc)}") from exc
+            raise ModelLoadError(f"{path}: not a torch.export archive: {first_line(exc)}") from exc
         return program.module(), _program_inputs(program)
     try:
         return torch.jit.load(str(path), map_location="cpu"), None
@@ -179,14 +179,14 @@ def _load_pickled(path: Path, jit_exc: Exception, *, trust_pickle: bool) -> torc
     except pickle.UnpicklingError as exc:
         if not _refused_by_weights_only(exc):
             raise ModelLoadError(
-                f"{path}: neither a TorchScript archive nor a torch.save file: {_first_line(exc)}"
+                f"{path}: neither a TorchScript archive nor a torch.save file: {first_line(exc)}"
             ) from None
         if not trust_pickle:
             raise ModelLoadError(f"{path}: this is a fully pickled model; {_PICKLE_HELP}") from None
         obj = _unpickle(path, what=str(path))
     except Exception:
         raise ModelLoadError(
-            f"{path}: neither a TorchScript archive nor a torch.save file: {_first_line(jit_exc)}"
+            f"{path}: neither a TorchScript archive nor a torch.save file: {first_line(jit_exc)}"
         ) from jit_exc
     if isinstance(obj, torch.nn.Module):
         return obj
@@ -241,22 +241,20 @@ def _read_state_dict(path: Path, *, trust_pickle: bool) -> dict:
             return load_file(str(path))
         except Exception as exc:
             raise ModelLoadError(
-                f"--weights {path}: unreadable safetensors: {_first_line(exc)}"
+                f"--weights {path}: unreadable safetensors: {first_line(exc)}"
             ) from exc
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if not _refused_by_weights_only(exc):
             raise ModelLoadError(
-                f"--weights {path}: not a torch.save file: {_first_line(exc)}"
+                f"--weights {path}: not a torch.save file: {first_line(exc)}"
             ) from None
         if not trust_pickle:
             raise ModelLoadError(f"--weights {path}: it pickles objects; {_PICKLE_HELP}") from None
         obj = _unpickle(path, what=f"--weights {path}")
     except Exception as exc:
-        raise ModelLoadError(
-            f"--weights {path}: not a torch.save file: {_first_line(exc)}"
-        ) from exc
+        raise ModelLoadError(f"--weights {path}: not a torch.save file: {first_line(exc)}") from exc
     if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()
     for key in ("state_dict", "model_state_dict", "model"):
@@ -281,15 +279,10 @@ def _unpickle(path: Path, *, what: str) -> object:
             "state_dict and load it with a factory plus --weights"
         ) from exc
     except Exception as exc:  # unpickling runs the file's code: any error can come out
-        raise ModelLoadError(f"{what}: unpickling failed: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"{what}: unpickling failed: {first_line(exc)}") from exc
 
 
 def _refused_by_weights_only(exc: BaseException) -> bool:
     """True when torch.load(weights_only=True) met pickled objects (not a corrupt file)."""
     text = str(exc)
     return "Weights only load failed" in text and "Unsupported global" in text
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
