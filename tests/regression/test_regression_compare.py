@@ -136,7 +136,9 @@ def test_bench_save_baseline_then_compare(mlp_models, tmp_path, capsys):
     assert main(["bench", light, *common, "--save-baseline", "main"]) == 0
     assert "baseline 'main' saved to" in capsys.readouterr().out
     assert main(["bench", light, *common, "--save-baseline", "pr"]) == 0
-    assert main(["compare", "main", "pr", "--baseline-dir", root, "--threshold", "50"]) == 0
+    # two separate runs of one tiny model (~20 us) once differed by more than 50% in CI: this
+    # test is about the save/compare mechanics, so only a 10x change may count as a regression
+    assert main(["compare", "main", "pr", "--baseline-dir", root, "--threshold", "900"]) == 0
     assert "ort-cpu / fp32 / batch 1" in capsys.readouterr().out
 
 
