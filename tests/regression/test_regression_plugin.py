@@ -34,7 +34,7 @@ def project(pytester, mlp_models, tmp_path):
 
         def test_no_regression(torchship_latency):
             torchship_latency.assert_no_regression(
-                LIGHT, baseline="main", threshold_pct=100, threads=1
+                LIGHT, baseline="main", threshold_pct=900, threads=1  # separate runs: mechanics
             )
 
         def test_regression(torchship_latency):
