@@ -2,10 +2,10 @@
 
 from torchship.calibration.accuracy import Accuracy
 from torchship.calibration.calibrators import METHODS, compute_ranges
-from torchship.calibration.data import Batch, DataSet, open_data
 from torchship.calibration.inspect_int8 import OpCounts, count_ops
 from torchship.calibration.presets import PRESETS, QuantPreset, auto_preset_name, get_preset
 from torchship.calibration.quantize import Mode, QuantizeOptions, QuantizeResult, quantize
+from torchship.data import Batch, DataSet, open_data
 
 __all__ = [
     "Accuracy",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from torchship.calibration.data import Batch, DataSet, ShortBatch, check_label_range
+from torchship.data import Batch, DataSet, ShortBatch, check_label_range
 from torchship.errors import CalibrationError
 
 __all__ = ["EvalOutputs", "Accuracy", "run_eval", "compare_accuracy", "near_chance_warning"]

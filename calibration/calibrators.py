@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torchship.calibration.data import Batch, DataSet, ShortBatch
-from torchship.calibration.engine import quiet_ort
+from torchship.calibration.ort_quantize import quiet_ort
+from torchship.data import Batch, DataSet, ShortBatch
 from torchship.errors import CalibrationError, ToolchainError
 from torchship.registry import Registry
 

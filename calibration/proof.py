@@ -7,7 +7,7 @@ import itertools
 import logging
 
 from torchship.artifact import Artifact
-from torchship.calibration.data import DataSet, ShortBatch
+from torchship.data import DataSet, ShortBatch
 
 __all__ = ["parity_vs_fp32", "bench_vs_fp32", "bench_batch_for"]
 

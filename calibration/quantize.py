@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from torchship.artifact import Artifact, Format, Precision
-from torchship.calibration import engine
+from torchship.calibration import ort_quantize
 from torchship.calibration.accuracy import (
     Accuracy,
     compare_accuracy,
@@ -27,10 +27,10 @@ from torchship.calibration.accuracy import (
     run_eval,
 )
 from torchship.calibration.calibrators import METHODS, compute_ranges, write_trt_table
-from torchship.calibration.data import DataSet, open_data
 from torchship.calibration.inspect_int8 import count_ops
 from torchship.calibration.presets import get_preset
 from torchship.calibration.sensitivity import FallbackResult, fallback_loop
+from torchship.data import DataSet, open_data
 from torchship.errors import ConfigError
 from torchship.specs import random_feeds
 
@@ -143,7 +143,7 @@ def open_source(model: str | Path | Artifact) -> Artifact:
         )
     if artifact.precision is not Precision.FP32:
         raise ConfigError(f"{artifact.path}: already {artifact.precision.value}; give the FP32 one")
-    found = engine.quantized_op_types(artifact.path)
+    found = ort_quantize.quantized_op_types(artifact.path)
     if found:
         raise ConfigError(
             f"{artifact.path}: already quantized (it has {', '.join(found)} nodes); "
@@ -250,7 +250,7 @@ class _Run:
         preset = get_preset(opts.target)
         method = opts.method or "minmax"
         pre = self.tmp / "preprocessed.onnx"
-        self.report["preprocessing"] = engine.preprocess(self.source.path, pre)
+        self.report["preprocessing"] = ort_quantize.preprocess(self.source.path, pre)
         self.calib = self._calib_data(required=True)
         ranges = compute_ranges(
             pre, self.calib, method=method, symmetric=preset.symmetric_activations
@@ -262,15 +262,15 @@ class _Run:
                 f"calibration: {self.calib.dropped} samples left out: they do not fill the "
                 f"model's fixed batch of {self.calib.batch_size}"
             )
-        cache = engine.save_ranges(ranges, self.tmp / "ranges.json")
+        cache = ort_quantize.save_ranges(ranges, self.tmp / "ranges.json")
         if preset.calibration_table:
             self.report["calibration_table"] = [p.name for p in write_trt_table(ranges, stage)]
         self.report.update(mode="static", preset=preset.to_dict(), method=method)
-        self.candidates = engine.weight_op_nodes(pre)
+        self.candidates = ort_quantize.weight_op_nodes(pre)
         ort_method = METHODS.get(method).ort_method()
 
         def build(path: Path, excluded: tuple) -> None:
-            engine.quantize_static_qdq(
+            ort_quantize.quantize_static_qdq(
                 pre, path, preset=preset, method=ort_method, ranges_cache=cache, exclude=excluded
             )
 
@@ -278,17 +278,19 @@ class _Run:
 
     def _dynamic(self) -> Callable[[tuple[str, ...]], Path]:
         pre = self.tmp / "preprocessed.onnx"
-        self.report["preprocessing"] = engine.preprocess(self.source.path, pre)
+        self.report["preprocessing"] = ort_quantize.preprocess(self.source.path, pre)
         self.report.update(mode="dynamic", preset=None, method=None)
         self.calib = self._calib_data(required=False)  # only an eval fallback: no ranges needed
-        if engine.conv_heavy(pre):
+        if ort_quantize.conv_heavy(pre):
             self.warn(
                 f"{self.source.path.name} is convolution-heavy: dynamic INT8 leaves its convs in "
                 "FP32 (dynamic conv quantization ran ~6x slower); use --mode static"
             )
-        self.candidates = [c for c in engine.weight_op_nodes(pre) if c[1] in ("MatMul", "Gemm")]
+        self.candidates = [
+            c for c in ort_quantize.weight_op_nodes(pre) if c[1] in ("MatMul", "Gemm")
+        ]
         return lambda excluded: self._candidate(
-            excluded, lambda path, ex: engine.quantize_dynamic_int8(pre, path, exclude=ex)
+            excluded, lambda path, ex: ort_quantize.quantize_dynamic_int8(pre, path, exclude=ex)
         )
 
     def _fp16(self) -> Callable[[tuple[str, ...]], Path]:
@@ -299,7 +301,7 @@ class _Run:
             "than FP32"
         )
         return lambda excluded: self._candidate(
-            excluded, lambda path, ex: engine.convert_fp16(self.source.path, path)
+            excluded, lambda path, ex: ort_quantize.convert_fp16(self.source.path, path)
         )
 
     # --- data and checks ----------------------------------------------------------------------

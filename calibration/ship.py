@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from torchship.artifact import Artifact
-from torchship.calibration.engine import conv_heavy
+from torchship.calibration.ort_quantize import conv_heavy
 from torchship.calibration.quantize import Mode, QuantizeOptions, quantize
 from torchship.errors import ParityError
 from torchship.loaded import LoadedModel

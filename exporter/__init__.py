@@ -1,7 +1,6 @@
 """Export steps (TorchScript, ONNX, torch.export), parity validation and reference I/O."""
 
 from torchship.exporter.base import EXPORTERS, ExportOptions, export_model
-from torchship.exporter.onnx_io import onnx_io
 from torchship.exporter.parity import ParityReport, check_parity, require_parity
 from torchship.exporter.reference import load_reference, save_reference
 from torchship.exporter.tolerance import TOLERANCES, ToleranceProfile
@@ -15,7 +14,6 @@ __all__ = [
     "check_parity",
     "export_model",
     "load_reference",
-    "onnx_io",
     "require_parity",
     "save_reference",
 ]

@@ -22,9 +22,9 @@ from torchship.exporter.base import (
     export_args,
     quiet_torch,
 )
-from torchship.exporter.onnx_io import onnx_dtype_name
 from torchship.files import atomic_path
 from torchship.loaded import LoadedModel, eval_mode
+from torchship.onnx_io import onnx_dtype_name
 from torchship.specs import InputSpec, random_feeds
 
 __all__ = [

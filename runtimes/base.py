@@ -180,7 +180,7 @@ def default_runtime_for(fmt: Format) -> str:
 def _import_backends() -> None:
     # Backends register on import; their heavy/optional dependencies load lazily inside them.
     import torchship.runtimes.onnxruntime  # noqa: F401
-    import torchship.runtimes.tensorrt  # noqa: F401
+    import torchship.runtimes.tensorrt.runner  # noqa: F401
     import torchship.runtimes.torch_cuda  # noqa: F401
     import torchship.runtimes.torch_eager  # noqa: F401
     import torchship.runtimes.torchscript  # noqa: F401

@@ -3,7 +3,7 @@
 Why interleave: on a shared CI machine the load changes from minute to minute, so two runs timed
 one after the other differ by more than the regressions worth catching. Timing A and B in
 alternating short rounds (A B, B A, A B, ...) lets that drift hit both sides alike, and the
-verdict (`torchship.regression.compare_rounds`) works on per-round ratios.
+verdict (`torchship.regression.stats.compare_rounds`) works on per-round ratios.
 
 Clocks: each side is timed by its own runner's timer, as the bench does (CUDA events on a GPU
 runner's own stream, the host wall clock on CPU). When the two sides would time on different
@@ -68,7 +68,7 @@ class ABResult:
     def b_slower(self, *, threshold_pct: float) -> bool:
         """True when B is slower than A by more than `threshold_pct` percent (point estimate).
 
-        For a verdict with a confidence interval use `torchship.regression.compare_rounds`.
+        For a verdict with a confidence interval use `torchship.regression.stats.compare_rounds`.
         """
         if threshold_pct < 0:
             raise ConfigError(f"threshold must be >= 0 percent, got {threshold_pct}")

@@ -191,7 +191,7 @@ class OrtGpuRunner(GpuTimedMixin, OrtRunner):
         super()._load()
 
     def provider_list(self) -> list:
-        from torchship.runtimes.tensorrt_engine import cache_root
+        from torchship.runtimes.tensorrt.cache import cache_root
 
         stream = str(self._stream.cuda_stream)
         engines = cache_root() / "ort-trt"

@@ -91,8 +91,8 @@ def engine_variant(onnx: Artifact, precision: Precision, folder: Path, max_batch
     reason = get_runner("tensorrt").unavailable_reason()
     if reason is not None:
         return Variant(label, "tensorrt", None, reason)
-    from torchship.runtimes.tensorrt_build import EngineOptions, ShapeRange
-    from torchship.runtimes.tensorrt_files import build_engine_file
+    from torchship.exporter.engines import build_engine_file
+    from torchship.runtimes.tensorrt.builder import EngineOptions, ShapeRange
 
     ranges = tuple(
         ShapeRange(s.name, (1, *s.shape[1:]), (max_batch, *s.shape[1:]), (max_batch, *s.shape[1:]))

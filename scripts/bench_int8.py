@@ -23,8 +23,8 @@ import numpy as np
 from torchship.artifact import Artifact, Format, Precision
 from torchship.calibration import QuantizeOptions, quantize
 from torchship.calibration.accuracy import compare_accuracy, run_eval
-from torchship.calibration.data import open_data
-from torchship.calibration.engine import preprocess
+from torchship.calibration.ort_quantize import preprocess
+from torchship.data import open_data
 from torchship.exporter import ExportOptions, export_model
 from torchship.fingerprint import machine_fingerprint
 from torchship.loaded import LoadedModel

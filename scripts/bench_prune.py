@@ -24,14 +24,14 @@ import numpy as np
 
 from torchship.calibration import QuantizeOptions, quantize
 from torchship.exporter import ExportOptions, export_model
-from torchship.exporter.prune_distill import (
+from torchship.exporter.pruning.channels import PruneConfig, count_cost, prune_channels
+from torchship.exporter.pruning.distill import (
     DistillConfig,
     RecoveryMode,
     evaluate_accuracy,
     recover,
 )
-from torchship.exporter.prune_search import measure_latency
-from torchship.exporter.pruning import PruneConfig, count_cost, prune_channels
+from torchship.exporter.pruning.search import measure_latency
 from torchship.fingerprint import machine_fingerprint
 from torchship.loaded import to_torch_inputs
 from torchship.models import demo_dataset, load_demo

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from torchship.exporter import ExportOptions, export_model
 from torchship.fingerprint import machine_fingerprint
-from torchship.regression import CompareConfig, Verdict, compare_rounds
+from torchship.regression.stats import CompareConfig, Verdict, compare_rounds
 from torchship.runtimes.bench import feeds_for_batch
 from torchship.runtimes.interleaved import interleaved_rounds, runner_session
 from torchship.sources import load_model

@@ -25,7 +25,7 @@ _EXPORTS = {
     "ModelLoadError": "torchship.errors",
     "ParityError": "torchship.errors",
     "ToolchainError": "torchship.errors",
-    "prune": "torchship.exporter.prune_run",
+    "prune": "torchship.exporter.pruning.run",
     "LoadedModel": "torchship.loaded",
     "load_model": "torchship.sources",
     "InputSpec": "torchship.specs",

@@ -1,5 +1,5 @@
 import sys
 
-from torchship.cli import main
+from torchship.cli.main import main
 
 sys.exit(main())

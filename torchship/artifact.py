@@ -141,7 +141,7 @@ class Artifact:
         if described is not None and not inputs:
             specs, outputs, precision = described
         elif fmt is Format.ONNX:
-            from torchship.exporter.onnx_io import onnx_io
+            from torchship.onnx_io import onnx_io
 
             specs, outputs = onnx_io(path)
             precision = described[2] if described else Precision.FP32

@@ -97,8 +97,8 @@ class LatencyChecker:
         **options: Any,
     ):
         """Fail when the artifact is slower than the matching row of a stored baseline."""
-        from torchship.baselines import load_baseline
-        from torchship.regression import CompareConfig, Verdict, compare_samples
+        from torchship.regression.baselines import load_baseline
+        from torchship.regression.stats import CompareConfig, Verdict, compare_samples
 
         config = CompareConfig(threshold_pct=threshold_pct)
         result = self.measure(artifact, min_samples=config.min_samples, **options)

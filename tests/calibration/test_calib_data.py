@@ -198,7 +198,7 @@ def test_corrupt_files_are_calibration_errors_naming_the_file(tmp_path, kind):
 
 
 def test_module_raising_on_import_names_the_function(monkeypatch):
-    from torchship.calibration import data
+    from torchship import data
 
     def import_module(name):
         raise RuntimeError("no GPU here\nlong traceback text")
@@ -227,7 +227,7 @@ FIXED8 = InputSpec("image", "float32", (8, 1, 4, 4))
 
 
 def test_fixed_batch_drops_the_short_batch_for_calibration_and_hashes_what_was_fed(caplog):
-    from torchship.calibration.data import ShortBatch
+    from torchship.data import ShortBatch
 
     images = _images(10)
     data = open_data({"image": images}, inputs=[FIXED8])
@@ -241,7 +241,7 @@ def test_fixed_batch_drops_the_short_batch_for_calibration_and_hashes_what_was_f
 
 
 def test_fixed_batch_pads_the_short_batch_for_evaluation():
-    from torchship.calibration.data import ShortBatch
+    from torchship.data import ShortBatch
 
     images = _images(10)
     labels = np.arange(10) % 3

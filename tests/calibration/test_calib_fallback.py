@@ -9,7 +9,7 @@ import pytest
 from torchship.calibration import QuantizeOptions, quantize
 from torchship.calibration.accuracy import Accuracy
 from torchship.calibration.sensitivity import fallback_loop
-from torchship.cli import main
+from torchship.cli.main import main
 
 FAST = {"bench": False, "threads": 2, "target": "cpu-x86-vnni"}
 

@@ -14,7 +14,7 @@ _CHILD = textwrap.dedent(
     from pathlib import Path
     import numpy as np
     from torchship.calibration.calibrators import compute_ranges
-    from torchship.calibration.data import open_data
+    from torchship.data import open_data
     from torchship.specs import InputSpec
 
     model, samples = Path(sys.argv[1]), int(sys.argv[2])

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from torchship.artifact import Artifact, Precision
 from torchship.calibration import QuantizeOptions, quantize
-from torchship.cli import main
+from torchship.cli.main import main
 from torchship.errors import ConfigError
 from torchship.files import sha256_file
 

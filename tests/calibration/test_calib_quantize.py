@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from torchship.calibration import PRESETS, QuantizeOptions, count_ops, quantize
-from torchship.cli import main
+from torchship.cli.main import main
 from torchship.errors import CalibrationError, ConfigError
 from torchship.models import demo_dataset
 

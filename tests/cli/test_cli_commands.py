@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import torch
 
-from torchship.cli import main
+from torchship.cli.main import main
 
 MODELS = textwrap.dedent(
     """

@@ -94,7 +94,7 @@ def test_outputs_are_readable_by_others_and_parents_must_be_folders(tmp_path):
 
 
 def test_ship_onto_a_file_exits_2_and_keeps_it(tmp_path, capsys):
-    from torchship.cli import main
+    from torchship.cli.main import main
 
     notes = tmp_path / "notes.txt"
     notes.write_text("mine")

@@ -16,10 +16,10 @@ from torchship.exporter import (
     ExportOptions,
     export_model,
     onnx_export,
-    onnx_io,
     require_parity,
 )
 from torchship.loaded import LoadedModel
+from torchship.onnx_io import onnx_io
 from torchship.specs import InputSpec
 
 ALL_FORMATS = ["torchscript", "onnx", "exported-program"]

@@ -7,8 +7,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from torchship.errors import ExportError, ModelLoadError
-from torchship.exporter import onnx_io
 from torchship.exporter.onnx_export import conform_onnx_io
+from torchship.onnx_io import onnx_io
 from torchship.specs import InputSpec
 
 

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 from torchship.errors import CalibrationError, ConfigError
-from torchship.exporter.prune_distill import (
+from torchship.exporter.pruning.channels import PruneConfig, prune_channels
+from torchship.exporter.pruning.distill import (
     DistillConfig,
     RecoveryMode,
     evaluate_accuracy,
     recover,
 )
-from torchship.exporter.prune_run import prune_for_ship
-from torchship.exporter.pruning import PruneConfig, prune_channels
+from torchship.exporter.pruning.run import prune_for_ship
 from torchship.models import demo_dataset, load_demo
 
 

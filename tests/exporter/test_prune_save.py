@@ -11,11 +11,11 @@ import torch
 from onnx import numpy_helper
 from safetensors.torch import load_file
 
-from torchship.cli import main
+from torchship.cli.main import main
 from torchship.errors import ConfigError
-from torchship.exporter.prune_save import save_pruned
-from torchship.exporter.prune_unstructured import prune_unstructured
-from torchship.exporter.pruning import PruneConfig, prune_channels
+from torchship.exporter.pruning.channels import PruneConfig, prune_channels
+from torchship.exporter.pruning.save import save_pruned
+from torchship.exporter.pruning.unstructured import prune_unstructured
 from torchship.models import demo_dataset, load_demo
 from torchship.sources import load_model
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 
 from torchship.errors import CheckFailedError, ConfigError
-from torchship.exporter import prune_search
-from torchship.exporter.prune_search import measure_latency, search_ratio
+from torchship.exporter.pruning import search as prune_search
+from torchship.exporter.pruning.search import measure_latency, search_ratio
 from torchship.models import load_demo
 
 
 @pytest.fixture
 def macs_timer(monkeypatch):
     """Latency proportional to MACs: a deterministic stand-in for the runtime."""
-    from torchship.exporter.pruning import count_cost
+    from torchship.exporter.pruning.channels import count_cost
     from torchship.loaded import to_torch_inputs
 
     def fake(model, **kwargs):
@@ -49,8 +49,8 @@ def test_latency_is_measured_through_the_runtime(runtime):
 
 
 def test_taylor_search_uses_the_training_data(macs_timer):
-    from torchship.exporter.prune_run import prune
-    from torchship.exporter.pruning import PruneConfig
+    from torchship.exporter.pruning.channels import PruneConfig
+    from torchship.exporter.pruning.run import prune
     from torchship.models import demo_dataset
 
     images, labels = demo_dataset("train")
@@ -63,7 +63,7 @@ def test_taylor_search_uses_the_training_data(macs_timer):
 
 
 def test_search_batch_below_one_is_rejected():
-    from torchship.exporter.prune_run import prune
+    from torchship.exporter.pruning.run import prune
 
     with pytest.raises(ConfigError, match="--batch 0: the batch timed by the search must be >= 1"):
         prune(load_demo(), target_speedup=2.0, batch=0)

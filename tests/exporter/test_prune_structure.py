@@ -11,7 +11,7 @@ from torch import nn
 
 from torchship.errors import ConfigError
 from torchship.exporter import ExportOptions, export_model, require_parity
-from torchship.exporter.pruning import PruneConfig, prunable_layers, prune_channels
+from torchship.exporter.pruning.channels import PruneConfig, prunable_layers, prune_channels
 from torchship.loaded import LoadedModel
 from torchship.models.demo import make_stages
 from torchship.specs import InputSpec
@@ -206,7 +206,7 @@ def test_unknown_importance_and_taylor_without_data_are_rejected():
 
 
 def test_pruning_a_saved_pt2_says_to_prune_the_source(tmp_path):
-    from torchship.exporter.prune_unstructured import prune_unstructured
+    from torchship.exporter.pruning.unstructured import prune_unstructured
     from torchship.sources import load_model
 
     model = _models()["concat"]

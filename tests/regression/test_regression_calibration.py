@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from torchship.errors import ConfigError
-from torchship.regression import CompareConfig, Verdict, compare_rounds, compare_samples
+from torchship.regression.stats import CompareConfig, Verdict, compare_rounds, compare_samples
 
 TRIALS = 150
 CONFIG = CompareConfig(n_boot=600)

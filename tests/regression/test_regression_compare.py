@@ -7,10 +7,10 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from torchship.baselines import find_baseline, load_baseline, save_baseline
-from torchship.cli import main
+from torchship.cli.main import main
 from torchship.errors import ConfigError
-from torchship.regression_report import compare_documents, comparison_junit, comparison_markdown
+from torchship.regression.baselines import find_baseline, load_baseline, save_baseline
+from torchship.regression.documents import compare_documents, comparison_junit, comparison_markdown
 
 RNG = np.random.default_rng(0)
 BASE = 10 * np.exp(RNG.normal(0, 0.05, 200))

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from torchship.cli import main
+from torchship.cli.main import main
 
 pytest_plugins = ["pytester"]
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from torchship.bundle import run_pipeline
-from torchship.pipeline import load_pipeline
+from torchship.pipeline.bundle import run_pipeline
+from torchship.pipeline.config import load_pipeline
 
 FAST_PIPELINE = """
 [pipeline]

@@ -8,12 +8,12 @@ from dataclasses import replace
 
 import pytest
 
-import torchship.bundle
-from torchship.bundle import run_pipeline
-from torchship.cli import main
+import torchship.pipeline.bundle
+from torchship.cli.main import main
 from torchship.errors import ConfigError
 from torchship.files import sha256_file
-from torchship.pipeline import load_pipeline
+from torchship.pipeline.bundle import run_pipeline
+from torchship.pipeline.config import load_pipeline
 
 BUNDLE_FILES = {
     "model.onnx", "model.ts", "reference_inputs.json", "reference_outputs.json", "bench.json",
@@ -45,7 +45,7 @@ def test_bundle_holds_everything(demo_bundle):
 
 
 def test_failed_gate_writes_a_bundle_marked_failed(demo_bundle, tmp_path, capsys, pipeline_file):
-    from torchship.baselines import save_baseline
+    from torchship.regression.baselines import save_baseline
 
     save_baseline(json.loads((demo_bundle / "bench.json").read_text()), "main", root=tmp_path / "b")
     gates = 'max_p90_ms = 0.000001\nbaseline = "main"\nbaseline_dir = "b"\nthreshold_pct = 900'
@@ -97,7 +97,7 @@ def test_interrupted_ship_leaves_no_complete_looking_bundle(
     def crash(*args, **kwargs):
         raise interrupt("simulated crash")
 
-    monkeypatch.setattr(torchship.bundle, step, crash)
+    monkeypatch.setattr(torchship.pipeline.bundle, step, crash)
     with pytest.raises(interrupt, match="simulated crash"):
         run_pipeline(load_pipeline(path))
     dist = tmp_path / "dist"
@@ -112,7 +112,7 @@ def test_interrupted_rerun_keeps_the_previous_bundle(demo_bundle, tmp_path, monk
     before = sha256_file(demo_bundle / "manifest.json")
     snapshot = tmp_path / "snapshot"
     shutil.copytree(demo_bundle, snapshot)
-    monkeypatch.setattr(torchship.bundle, "_measure", _raise_interrupt)
+    monkeypatch.setattr(torchship.pipeline.bundle, "_measure", _raise_interrupt)
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(config)
     assert sha256_file(demo_bundle / "manifest.json") == before
@@ -171,7 +171,7 @@ def _row(artifact, fmt, batch, p50, p90, speedup):
 
 
 def test_latency_gates_judge_shipped_artifacts_not_eager(tmp_path, pipeline_file):
-    from torchship.bundle import _gates
+    from torchship.pipeline.bundle import _gates
 
     extra = "max_p90_ms = 5.0\nmin_speedup = 1.2\n"
     config = load_pipeline(pipeline_file(tmp_path, extra_gates=extra))
@@ -189,7 +189,7 @@ def test_latency_gates_judge_shipped_artifacts_not_eager(tmp_path, pipeline_file
 
 
 def test_inconclusive_baseline_comparison_fails_the_gate(tmp_path, pipeline_file):
-    from torchship.bundle import _baseline_gate
+    from torchship.pipeline.bundle import _baseline_gate
 
     def document(samples):
         return {"results": [{

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from torchship.cli import main
+from torchship.cli.main import main
 from torchship.errors import ConfigError
-from torchship.pipeline import EXAMPLE_CONFIG, STEPS, load_pipeline, parse_pipeline
+from torchship.pipeline.config import EXAMPLE_CONFIG, STEPS, load_pipeline, parse_pipeline
 
 HEAD = '[pipeline]\nname = "demo"\nversion = "1.0"\n'
 

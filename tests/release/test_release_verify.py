@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from torchship.cli import main
+from torchship.cli.main import main
 from torchship.files import sha256_file
 
 
@@ -141,9 +141,9 @@ def test_quantized_bundle_verifies_against_its_own_outputs(tmp_path, pipeline_fi
     """INT8 is checked against what was shipped, not against eager on random inputs."""
     import numpy as np
 
-    from torchship.bundle import run_pipeline
     from torchship.models import demo_dataset
-    from torchship.pipeline import load_pipeline
+    from torchship.pipeline.bundle import run_pipeline
+    from torchship.pipeline.config import load_pipeline
 
     images, _ = demo_dataset("train")
     np.savez(tmp_path / "calib.npz", image=images[:64])

@@ -18,8 +18,8 @@ from torchship.artifact import Artifact, Format, Precision
 from torchship.errors import BackendUnavailableError, ConfigError
 from torchship.runtimes import BenchConfig, available_runners, bench_runner, get_runner
 from torchship.runtimes.onnxruntime import OrtCudaRunner, OrtTensorrtRunner
-from torchship.runtimes.tensorrt import TensorRTRunner, profile_shapes
-from torchship.runtimes.tensorrt_build import EngineOptions
+from torchship.runtimes.tensorrt.builder import EngineOptions
+from torchship.runtimes.tensorrt.runner import TensorRTRunner, profile_shapes
 from torchship.runtimes.timing import HostTimer
 from torchship.runtimes.torch_cuda import ComputeEventTimer, TorchCudaRunner
 
@@ -112,7 +112,7 @@ def test_broken_tensorrt_is_unavailable_with_the_import_error(monkeypatch):
             "tensorrt is installed but cannot be imported: libnvinfer.so.10: cannot open"
         )
 
-    monkeypatch.setattr("torchship.runtimes.tensorrt.import_tensorrt", broken)
+    monkeypatch.setattr("torchship.runtimes.tensorrt.runner.import_tensorrt", broken)
     assert "cannot be imported: libnvinfer.so.10" in TensorRTRunner.unavailable_reason()
 
 
@@ -156,7 +156,7 @@ def test_matches_eager(tiny_artifacts, tiny_module, eager_output, engine_cache_d
 @pytest.mark.tensorrt
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_engine_file_round_trip(tiny_artifacts, tmp_path, engine_cache_dir, precision):
-    from torchship.runtimes.tensorrt_files import build_engine_file
+    from torchship.exporter.engines import build_engine_file
 
     onnx = tiny_artifacts[Format.ONNX]
     result = build_engine_file(
@@ -171,7 +171,7 @@ def test_engine_file_round_trip(tiny_artifacts, tmp_path, engine_cache_dir, prec
 
 @pytest.mark.tensorrt
 def test_engine_from_another_tensorrt_is_refused(tiny_artifacts, tmp_path, engine_cache_dir):
-    from torchship.runtimes.tensorrt_files import build_engine_file
+    from torchship.exporter.engines import build_engine_file
 
     onnx = tiny_artifacts[Format.ONNX]
     result = build_engine_file(onnx.path, out=tmp_path, inputs=onnx.inputs, parity=False)

@@ -20,8 +20,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from torchship.artifact import Artifact, Format
-from torchship.runtimes import tensorrt_engine
-from torchship.runtimes.tensorrt_engine import GpuIdentity
+from torchship.runtimes.tensorrt import cache as tensorrt_engine
+from torchship.runtimes.tensorrt.cache import GpuIdentity
 from torchship.specs import InputSpec
 
 #: The GPU the fake reports (the tests compare against the same values).
@@ -275,9 +275,9 @@ def fake_trt(monkeypatch, tmp_path):
 
     monkeypatch.setenv("TORCHSHIP_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(tensorrt_engine, "gpu_identity", lambda: FAKE_GPU)
-    monkeypatch.setattr("torchship.runtimes.tensorrt.gpu_identity", lambda: FAKE_GPU)
+    monkeypatch.setattr("torchship.runtimes.tensorrt.runner.gpu_identity", lambda: FAKE_GPU)
     monkeypatch.setattr(
-        "torchship.runtimes.tensorrt_calib._cuda_upload", lambda array: FakeDeviceArray(array)
+        "torchship.runtimes.tensorrt.calibrator._cuda_upload", lambda array: FakeDeviceArray(array)
     )
     return install
 

@@ -9,9 +9,9 @@ import logging
 import pytest
 
 from torchship.errors import BackendUnavailableError, ConfigError, ExportError
-from torchship.runtimes.tensorrt_build import EngineOptions, ShapeRange, profiles_for
-from torchship.runtimes.tensorrt_compat import capabilities, routed_logger
-from torchship.runtimes.tensorrt_engine import build_engine
+from torchship.runtimes.tensorrt.builder import EngineOptions, ShapeRange, profiles_for
+from torchship.runtimes.tensorrt.cache import build_engine
+from torchship.runtimes.tensorrt.compat import capabilities, routed_logger
 from torchship.specs import InputSpec
 
 SPEC = InputSpec(name="x", dtype="float32", shape=(2, 4), dynamic={0: "batch"})
@@ -166,7 +166,7 @@ def test_default_timing_cache_lives_in_the_cache_dir(fake_trt, fp32_onnx, tmp_pa
 
 def test_builder_log_goes_to_logging(fake_trt, fp32_onnx, caplog):
     fake_trt()
-    with caplog.at_level(logging.WARNING, logger="torchship.runtimes.tensorrt_build"):
+    with caplog.at_level(logging.WARNING, logger="torchship.runtimes.tensorrt.builder"):
         build_engine(fp32_onnx)
     assert "TensorRT: fake builder warning" in caplog.text
 

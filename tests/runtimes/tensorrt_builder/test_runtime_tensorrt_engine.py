@@ -16,22 +16,22 @@ import onnx
 import pytest
 
 from torchship.artifact import Artifact, Format, Precision
-from torchship.cli import main
+from torchship.cli.main import main
 from torchship.errors import BackendUnavailableError, CalibrationError, ConfigError, ExportError
-from torchship.runtimes import tensorrt_engine
-from torchship.runtimes.tensorrt_build import EngineOptions, ShapeRange
-from torchship.runtimes.tensorrt_engine import (
+from torchship.exporter.engines import (
+    build_engine_file,
+    engine_output_path,
+    read_engine_info,
+    ship_engines,
+)
+from torchship.runtimes.tensorrt import cache as tensorrt_engine
+from torchship.runtimes.tensorrt.builder import EngineOptions, ShapeRange
+from torchship.runtimes.tensorrt.cache import (
     EngineCache,
     EngineInfo,
     GpuIdentity,
     build_engine,
     check_compatible,
-)
-from torchship.runtimes.tensorrt_files import (
-    build_engine_file,
-    engine_output_path,
-    read_engine_info,
-    ship_engines,
 )
 from torchship.specs import InputSpec
 
@@ -306,7 +306,7 @@ def test_calibration_batches_take_the_network_input_dtype(
         seen.append(array)
         return types.SimpleNamespace(data_ptr=lambda: id(array))
 
-    monkeypatch.setattr("torchship.runtimes.tensorrt_calib._cuda_upload", upload)
+    monkeypatch.setattr("torchship.runtimes.tensorrt.calibrator._cuda_upload", upload)
     options = EngineOptions(precision="int8", calibrator="entropy", calib_data=str(data))
     build_engine(artifact, options=options)
     assert len(seen) == 2 and {a.dtype for a in seen} == {np.dtype(uploaded)}
@@ -314,7 +314,7 @@ def test_calibration_batches_take_the_network_input_dtype(
 
 
 def test_too_old_tensorrt_is_unavailable(fake_trt):
-    from torchship.runtimes.tensorrt import TensorRTRunner
+    from torchship.runtimes.tensorrt.runner import TensorRTRunner
 
     fake_trt("8.5.3")
     assert "TensorRT 8.5.3 is too old" in TensorRTRunner.unavailable_reason()
@@ -345,7 +345,7 @@ def test_ship_engines_is_empty_without_tensorrt(fp32_onnx, tmp_path):
 
 
 def test_runner_checks_the_manifest_before_tensorrt_loads(fake_trt, fp32_onnx, tmp_path):
-    from torchship.runtimes.tensorrt import TensorRTRunner
+    from torchship.runtimes.tensorrt.runner import TensorRTRunner
 
     fake_trt("10.3.0")
     result = build_engine_file(fp32_onnx.path, parity=False)
@@ -360,7 +360,7 @@ def test_runner_checks_the_manifest_before_tensorrt_loads(fake_trt, fp32_onnx, t
 def test_runner_needs_a_gpu_even_with_tensorrt(fake_trt, fp32_onnx):
     import torch
 
-    from torchship.runtimes.tensorrt import TensorRTRunner
+    from torchship.runtimes.tensorrt.runner import TensorRTRunner
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is here")

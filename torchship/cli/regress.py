@@ -45,9 +45,9 @@ def _register_compare(commands) -> None:
 
 
 def _compare(args, *, console: Console, argv) -> int:
-    from torchship.baselines import load_baseline
-    from torchship.regression import CompareConfig
-    from torchship.regression_report import compare_documents
+    from torchship.regression.baselines import load_baseline
+    from torchship.regression.documents import compare_documents
+    from torchship.regression.stats import CompareConfig
 
     root = args.baseline_dir
     baseline = load_baseline(args.baseline, root=root, strict=args.strict)
@@ -58,8 +58,8 @@ def _compare(args, *, console: Console, argv) -> int:
 
 
 def _emit(result, args, console: Console) -> int:
-    from torchship.cli import dump_json
-    from torchship.regression_report import (
+    from torchship.cli.main import dump_json
+    from torchship.regression.documents import (
         comparison_junit,
         comparison_markdown,
         comparison_table,
@@ -94,7 +94,7 @@ def _write_text(path: str, text: str, console: Console) -> None:
 
 
 def _register_regress(commands) -> None:
-    from torchship.commands import add_input_flags
+    from torchship.cli.commands import add_input_flags
 
     p = commands.add_parser(
         "regress",
@@ -119,7 +119,7 @@ def _register_regress(commands) -> None:
 
 
 def _regress(args, *, console: Console, argv) -> int:
-    from torchship.commands import progress, specs_from_args
+    from torchship.cli.commands import progress, specs_from_args
 
     with progress(console) as step:
         step(f"timing {args.a} and {args.b} in {args.rounds} interleaved rounds")
@@ -134,8 +134,8 @@ def _regress(args, *, console: Console, argv) -> int:
 def regress_artifacts(a, b, *, threshold_pct: float, inputs=None, iters: int, **timing):
     """Interleaved A/B of two artifact files, as a one-row DocumentComparison."""
     from torchship.api import open_artifacts
-    from torchship.regression import CompareConfig, compare_rounds
-    from torchship.regression_report import DocumentComparison, RowComparison
+    from torchship.regression.documents import DocumentComparison, RowComparison
+    from torchship.regression.stats import CompareConfig, compare_rounds
     from torchship.runtimes.interleaved import interleaved_ab
 
     config = CompareConfig(threshold_pct=threshold_pct)
@@ -169,8 +169,8 @@ def _register_verify(commands) -> None:
 
 
 def _verify(args, *, console: Console, argv) -> int:
-    from torchship.cli import dump_json
-    from torchship.commands import progress
+    from torchship.cli.commands import progress
+    from torchship.cli.main import dump_json
     from torchship.errors import CheckFailedError
     from torchship.verify import verify_bundle
 
@@ -202,7 +202,7 @@ def _register_init(commands) -> None:
 
 def _init(args, *, console: Console, argv) -> int:
     from torchship.files import atomic_write_text
-    from torchship.pipeline import EXAMPLE_CONFIG
+    from torchship.pipeline.config import EXAMPLE_CONFIG
 
     path = Path(args.path)
     if path.exists() and not args.force:
@@ -217,7 +217,7 @@ def _init(args, *, console: Console, argv) -> int:
 
 def save_baseline_from_args(args, document: dict, console: Console) -> None:
     """`bench --save-baseline NAME [--baseline-dir DIR]`: file the document as a baseline."""
-    from torchship.baselines import save_baseline
+    from torchship.regression.baselines import save_baseline
 
     path = save_baseline(document, args.save_baseline, root=getattr(args, "baseline_dir", None))
     if args.json != "-":
@@ -226,10 +226,10 @@ def save_baseline_from_args(args, document: dict, console: Console) -> None:
 
 def ship_pipeline(path: str, *, console: Console, argv, json_out: str | None) -> int:
     """`torchship ship pipeline.toml`: run it, print the gates, exit 1 on a failed gate."""
-    from torchship.bundle import require_pipeline, run_pipeline
-    from torchship.cli import dump_json
-    from torchship.commands import progress
-    from torchship.pipeline import load_pipeline
+    from torchship.cli.commands import progress
+    from torchship.cli.main import dump_json
+    from torchship.pipeline.bundle import require_pipeline, run_pipeline
+    from torchship.pipeline.config import load_pipeline
 
     config = load_pipeline(path)
     with progress(console) as step:

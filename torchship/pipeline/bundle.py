@@ -25,7 +25,7 @@ from torchship.files import (
     atomic_write_text,
     check_replaceable_dir,
 )
-from torchship.pipeline import PipelineConfig, step_function
+from torchship.pipeline.config import PipelineConfig, step_function
 
 __all__ = ["GateResult", "PipelineResult", "run_pipeline", "require_pipeline"]
 
@@ -128,9 +128,9 @@ def _load(config: PipelineConfig):
 
 def _prune(config: PipelineConfig, model, step):
     """(pruned model, pruning report); distilled from `model` when [prune] names train data."""
-    from torchship.calibration.data import load_arrays
-    from torchship.exporter.prune_distill import DistillConfig
-    from torchship.exporter.pruning import PruneConfig
+    from torchship.data import load_arrays
+    from torchship.exporter.pruning.channels import PruneConfig
+    from torchship.exporter.pruning.distill import DistillConfig
 
     section = config.prune
     prune = step_function("prune")
@@ -192,8 +192,8 @@ def _quantized(config: PipelineConfig, artifacts, stage: Path, step) -> list[Art
 
 
 def _measure(config: PipelineConfig, model, artifacts, stage: Path, step):
+    from torchship.pipeline.demo import evaluate_top1
     from torchship.runtimes import BenchConfig, bench_document, bench_runner, default_runtime_for
-    from torchship.ship import evaluate_top1
 
     bench = config.bench
     bench_config = BenchConfig(
@@ -266,7 +266,7 @@ def _eval_data(config: PipelineConfig, model) -> tuple[dict, np.ndarray] | None:
     path = config.resolve(config.model.eval)
     if path is None:
         return None
-    from torchship.calibration.data import LABELS_KEY, load_arrays
+    from torchship.data import LABELS_KEY, load_arrays
 
     arrays = load_arrays(path, inputs=model.inputs, what="[model] eval")
     if LABELS_KEY not in arrays:
@@ -314,7 +314,7 @@ def _accuracy_gate(rows: list[dict], max_drop: float) -> GateResult:
 
 
 def _load_baseline(config: PipelineConfig) -> dict | None:
-    from torchship.baselines import load_baseline
+    from torchship.regression.baselines import load_baseline
 
     gates = config.gates
     if gates.baseline is None:
@@ -323,8 +323,8 @@ def _load_baseline(config: PipelineConfig) -> dict | None:
 
 
 def _baseline_gate(config: PipelineConfig, document: dict, baseline: dict) -> GateResult:
-    from torchship.regression import CompareConfig
-    from torchship.regression_report import compare_documents
+    from torchship.regression.documents import compare_documents
+    from torchship.regression.stats import CompareConfig
 
     gates = config.gates
     result = compare_documents(
@@ -363,7 +363,7 @@ def _markdown(config: PipelineConfig, result: PipelineResult) -> str:
 
 
 def _junit(config: PipelineConfig, result: PipelineResult) -> str:
-    suite = f"torchship.ship.{config.name}"
+    suite = f"torchship.pipeline.demo.{config.name}"
     failed = [g for g in result.gates if not g.passed]
     root = ET.Element(
         "testsuite", name=suite, tests=str(len(result.gates)), failures=str(len(failed))

@@ -20,15 +20,15 @@ import numpy as np
 from torchship.artifact import Artifact, Format
 from torchship.errors import BackendUnavailableError, ConfigError, ExportError, ModelLoadError
 from torchship.runtimes.base import RUNNERS, Runner
-from torchship.runtimes.tensorrt_build import EngineOptions, profile_shapes
-from torchship.runtimes.tensorrt_compat import import_tensorrt, routed_logger
-from torchship.runtimes.tensorrt_engine import (
+from torchship.runtimes.tensorrt.builder import EngineOptions, profile_shapes
+from torchship.runtimes.tensorrt.cache import (
     EngineCache,
     EngineInfo,
     build_engine,
     check_compatible,
     gpu_identity,
 )
+from torchship.runtimes.tensorrt.compat import import_tensorrt, routed_logger
 from torchship.runtimes.torch_cuda import ComputeEvents, GpuTimedMixin, cuda_reason, torch_dtype
 
 __all__ = ["TensorRTRunner", "profile_shapes"]
@@ -98,7 +98,7 @@ class TensorRTRunner(GpuTimedMixin, Runner):
             build = build_engine(self.artifact, options=self.options, cache=self.cache)
             self.info, self.from_cache = build.info, build.cached
             return build.plan
-        from torchship.runtimes.tensorrt_files import read_engine_info
+        from torchship.exporter.engines import read_engine_info
 
         self.info = read_engine_info(self.artifact)
         if self.info is None:

@@ -14,15 +14,15 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from torchship.errors import ConfigError
-from torchship.exporter.prune_distill import (
+from torchship.exporter.pruning.channels import PruneConfig, PruneResult, prune_channels
+from torchship.exporter.pruning.distill import (
     DistillConfig,
     RecoveryMode,
     TrainReport,
     evaluate_accuracy,
     recover,
 )
-from torchship.exporter.prune_search import SearchResult, search_ratio
-from torchship.exporter.pruning import PruneConfig, PruneResult, prune_channels
+from torchship.exporter.pruning.search import SearchResult, search_ratio
 from torchship.loaded import LoadedModel
 
 __all__ = ["PruneOutcome", "prune", "prune_for_ship"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from torchship.commands import add_input_flags, progress, specs_from_args
+from torchship.cli.commands import add_input_flags, progress, specs_from_args
 from torchship.errors import ConfigError
 
 __all__ = ["register"]
@@ -47,7 +47,7 @@ def register(commands) -> None:
 
 
 def _prune(args, *, console: Console, argv) -> int:
-    from torchship.calibration.data import load_arrays
+    from torchship.data import load_arrays
     from torchship.sources import load_model
 
     if args.batch < 1:
@@ -67,10 +67,10 @@ def _prune(args, *, console: Console, argv) -> int:
 
 
 def _structured(args, model, ignore, train, evaluation, *, console, argv) -> int:
-    from torchship.exporter.prune_distill import DistillConfig, RecoveryMode
-    from torchship.exporter.prune_run import prune
-    from torchship.exporter.prune_save import save_pruned
-    from torchship.exporter.pruning import PruneConfig
+    from torchship.exporter.pruning.channels import PruneConfig
+    from torchship.exporter.pruning.distill import DistillConfig, RecoveryMode
+    from torchship.exporter.pruning.run import prune
+    from torchship.exporter.pruning.save import save_pruned
 
     config = PruneConfig(
         ratio=args.ratio,
@@ -123,9 +123,9 @@ def _print_summary(console: Console, outcome) -> None:
 
 
 def _unstructured(args, model, ignore, evaluation, *, console, argv) -> int:
-    from torchship.exporter.prune_distill import evaluate_accuracy
-    from torchship.exporter.prune_save import save_pruned
-    from torchship.exporter.prune_unstructured import prune_unstructured
+    from torchship.exporter.pruning.distill import evaluate_accuracy
+    from torchship.exporter.pruning.save import save_pruned
+    from torchship.exporter.pruning.unstructured import prune_unstructured
 
     if args.target_speedup is not None or args.target_latency_ms is not None:
         raise ConfigError("--unstructured gives no speedup on dense runtimes; use --ratio")

@@ -1,6 +1,6 @@
 """`pipeline.toml`: a release pipeline as frozen dataclasses, validated with errors naming the key
 and its line. `torchship init` writes `EXAMPLE_CONFIG`; `torchship ship pipeline.toml` runs it
-(torchship.bundle.run_pipeline).
+(torchship.pipeline.bundle.run_pipeline).
 """
 
 from __future__ import annotations
@@ -138,9 +138,9 @@ class PipelineConfig:
 
 #: step name -> (module, function) that implements it; looked up when a config uses the step.
 STEPS: Registry[tuple[str, str]] = Registry("pipeline step")
-STEPS.register("prune")(("torchship.exporter.prune_run", "prune"))
+STEPS.register("prune")(("torchship.exporter.pruning.run", "prune"))
 STEPS.register("quantize")(("torchship.calibration.quantize", "quantize"))
-STEPS.register("engines")(("torchship.runtimes.tensorrt_files", "ship_engines"))
+STEPS.register("engines")(("torchship.exporter.engines", "ship_engines"))
 
 
 def step_function(name: str) -> Any:
@@ -321,7 +321,7 @@ def _validate(config: PipelineConfig, lines: _LineIndex) -> None:
         if value is not None:
             _positive(lines.at("gates", key), value)
     if gates.baseline is not None:
-        from torchship.regression import CompareConfig
+        from torchship.regression.stats import CompareConfig
 
         try:
             CompareConfig(threshold_pct=gates.threshold_pct)

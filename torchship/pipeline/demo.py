@@ -90,7 +90,7 @@ def evaluate_top1(
     Batches come from the calibration readers: checked against the artifact's inputs, and at a
     fixed batch axis the last one is padded (the padding rows' outputs are dropped).
     """
-    from torchship.calibration.data import LABELS_KEY, ShortBatch, open_data
+    from torchship.data import LABELS_KEY, ShortBatch, open_data
     from torchship.models import top1_accuracy
     from torchship.runtimes import get_runner
 
@@ -169,8 +169,8 @@ def _int8(model, onnx: Artifact, out: Path, test, config, step, what: str) -> li
 
 def _pruned(model, stage: Path, test, config, step, int8: bool):
     """([pruned ONNX, its INT8...], pruning report): half the channels, distilled from `model`."""
-    from torchship.exporter.prune_run import prune_for_ship
-    from torchship.exporter.prune_save import save_pruned
+    from torchship.exporter.pruning.run import prune_for_ship
+    from torchship.exporter.pruning.save import save_pruned
     from torchship.models import demo_dataset
 
     name = model.inputs[0].name
@@ -188,7 +188,7 @@ def _pruned(model, stage: Path, test, config, step, int8: bool):
 
 
 def _engines(onnx: Artifact, stage: Path, step) -> list[Artifact]:
-    from torchship.runtimes.tensorrt_files import ship_engines
+    from torchship.exporter.engines import ship_engines
 
     step("TensorRT engines (when TensorRT and a GPU are here)")
     return ship_engines(onnx, stage / "engines")

@@ -20,8 +20,8 @@ import numpy as np
 from torchship.artifact import Artifact, Format, Precision
 from torchship.errors import ConfigError, ParityError
 from torchship.files import atomic_path, atomic_write_json, sha256_file
-from torchship.runtimes.tensorrt_build import EngineOptions, ShapeRange
-from torchship.runtimes.tensorrt_engine import EngineCache, EngineInfo, build_engine
+from torchship.runtimes.tensorrt.builder import EngineOptions, ShapeRange
+from torchship.runtimes.tensorrt.cache import EngineCache, EngineInfo, build_engine
 from torchship.specs import InputSpec, random_feeds
 
 __all__ = [
@@ -163,7 +163,7 @@ def ship_engines(
 
     fp32/fp16 are built from `onnx`; int8 from `int8_onnx` (the `tensorrt`-preset Q/DQ ONNX).
     """
-    from torchship.runtimes.tensorrt import TensorRTRunner
+    from torchship.runtimes.tensorrt.runner import TensorRTRunner
 
     reason = TensorRTRunner.unavailable_reason()
     if reason is not None:

@@ -17,15 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from torchship.errors import CheckFailedError, ConfigError
-from torchship.exporter.prune_distill import evaluate_accuracy
-from torchship.exporter.prune_importance import IMPORTANCES
-from torchship.exporter.pruning import (
+from torchship.exporter.pruning.channels import (
     PruneConfig,
     PruneResult,
     check_ratio,
     prune_channels,
     require_prunable_module,
 )
+from torchship.exporter.pruning.distill import evaluate_accuracy
+from torchship.exporter.pruning.importance import IMPORTANCES
 from torchship.loaded import LoadedModel
 
 __all__ = ["SearchRow", "SearchResult", "measure_latency", "search_ratio"]

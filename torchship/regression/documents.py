@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from torchship.errors import ConfigError
-from torchship.regression import CompareConfig, Comparison, Verdict, compare_samples
+from torchship.regression.stats import CompareConfig, Comparison, Verdict, compare_samples
 
 __all__ = [
     "COMPARE_SCHEMA",

@@ -21,13 +21,13 @@ from typing import Any
 from torchship.artifact import Artifact, Format
 from torchship.errors import BackendUnavailableError, ConfigError
 from torchship.files import atomic_path, atomic_write_json
-from torchship.runtimes.tensorrt_build import (
+from torchship.runtimes.tensorrt.builder import (
     EngineOptions,
     ShapeRange,
     build_serialized,
     profiles_for,
 )
-from torchship.runtimes.tensorrt_compat import import_tensorrt, parse_version
+from torchship.runtimes.tensorrt.compat import import_tensorrt, parse_version
 
 __all__ = [
     "GpuIdentity",
@@ -241,7 +241,7 @@ def check_compatible(info: EngineInfo, *, path: Path, trt_version: str, gpu: Gpu
 def _calib_id(options: EngineOptions) -> str | None:
     if options.calib_data is None:
         return None
-    from torchship.runtimes.tensorrt_calib import data_identity
+    from torchship.runtimes.tensorrt.calibrator import data_identity
 
     return data_identity(options.calib_data)
 
@@ -249,9 +249,9 @@ def _calib_id(options: EngineOptions) -> str | None:
 def _calibrator(trt: Any, onnx: Artifact, options, profiles, cache: EngineCache, calib_id):
     if options.calibrator is None:
         return None
-    from torchship.runtimes.tensorrt_build import build_mode
-    from torchship.runtimes.tensorrt_calib import calibration_batch, make_calibrator
-    from torchship.runtimes.tensorrt_compat import capabilities
+    from torchship.runtimes.tensorrt.builder import build_mode
+    from torchship.runtimes.tensorrt.calibrator import calibration_batch, make_calibrator
+    from torchship.runtimes.tensorrt.compat import capabilities
 
     build_mode(options, capabilities(trt), onnx_path=onnx.path)  # version check before reading data
     return make_calibrator(

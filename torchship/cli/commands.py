@@ -78,13 +78,13 @@ def _register_ship(commands) -> None:
 
 
 def _ship(args, *, console: Console, argv) -> int:
-    from torchship.cli import dump_json
-    from torchship.report import ship_table
+    from torchship.cli.main import dump_json
+    from torchship.cli.tables import ship_table
+    from torchship.pipeline.demo import ship_demo
     from torchship.runtimes import BenchConfig
-    from torchship.ship import ship_demo
 
     if args.config is not None:
-        from torchship.cli_regress import ship_pipeline
+        from torchship.cli.regress import ship_pipeline
 
         return ship_pipeline(args.config, console=console, argv=argv, json_out=args.json)
     config = BenchConfig(batches=(8,), min_time_s=args.min_time, threads=args.threads)
@@ -136,8 +136,8 @@ def _register_export(commands) -> None:
 
 def _export(args, *, console: Console, argv) -> int:
     from torchship.api import export
+    from torchship.cli.tables import human_size
     from torchship.exporter import ExportOptions
-    from torchship.report import human_size
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     options = ExportOptions(
@@ -192,8 +192,8 @@ def _register_bench(commands) -> None:
 
 def _bench(args, *, console: Console, argv) -> int:
     from torchship.api import bench
-    from torchship.cli import dump_json
-    from torchship.report import bench_table
+    from torchship.cli.main import dump_json
+    from torchship.cli.tables import bench_table
     from torchship.runtimes import BenchConfig
 
     config = BenchConfig(
@@ -217,7 +217,7 @@ def _bench(args, *, console: Console, argv) -> int:
     if args.json:
         dump_json(args.json, document, console)
     if args.save_baseline:
-        from torchship.cli_regress import save_baseline_from_args
+        from torchship.cli.regress import save_baseline_from_args
 
         save_baseline_from_args(args, document, console)
     return 0
@@ -243,9 +243,9 @@ def _register_doctor(commands) -> None:
 
 
 def _doctor(args, *, console: Console, argv) -> int:
-    from torchship.cli import dump_json
+    from torchship.cli.main import dump_json
+    from torchship.cli.tables import doctor_table
     from torchship.doctor import doctor_facts, doctor_rows
-    from torchship.report import doctor_table
 
     facts = doctor_facts()
     if args.json:
@@ -259,8 +259,8 @@ REGISTER = [_register_ship, _register_export, _register_bench, _register_doctor]
 
 #: Commands that live in their own module, each exposing `register(commands)`. One per line.
 COMMAND_MODULES = (
-    "torchship.cli_regress",
-    "torchship.cli_prune",
-    "torchship.cli_quantize",
-    "torchship.cli_engine",
+    "torchship.cli.regress",
+    "torchship.cli.prune",
+    "torchship.cli.quantize",
+    "torchship.cli.engine",
 )

@@ -1,6 +1,6 @@
 """Implicit INT8 calibration run by TensorRT itself (releases that still have it: 8.6-10.x).
 
-Batches come from torchship's calibration readers (`torchship.calibration.data.open_data`:
+Batches come from torchship's calibration readers (`torchship.data.open_data`:
 .npz/.npy files, directories of them, `module:function`), streamed one batch at a time, so
 only the current batch lives on the GPU. The calibration cache TensorRT writes is kept and
 handed back on later builds, which then skip calibration.
@@ -19,8 +19,8 @@ import numpy as np
 
 from torchship.errors import CalibrationError, ConfigError
 from torchship.files import atomic_path, sha256_file
-from torchship.runtimes.tensorrt_build import ShapeRange
-from torchship.runtimes.tensorrt_compat import CALIBRATOR_CLASSES
+from torchship.runtimes.tensorrt.builder import ShapeRange
+from torchship.runtimes.tensorrt.compat import CALIBRATOR_CLASSES
 from torchship.specs import InputSpec
 
 __all__ = ["DEFAULT_CALIB_BATCH", "calibration_batch", "data_identity", "make_calibrator"]
@@ -134,7 +134,7 @@ def make_calibrator(
 def _open(source: str | Path, specs: Sequence[InputSpec], *, batch: int, samples: int | None):
     """Batches of feeds from torchship's calibration readers, or from an .npz without them."""
     try:
-        from torchship.calibration.data import open_data
+        from torchship.data import open_data
     except ImportError:
         return _npz_batches(Path(source), specs, batch=batch, samples=samples)
     data = open_data(source, inputs=specs, samples=samples, batch_size=batch)

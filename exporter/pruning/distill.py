@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from torchship.calibration.data import check_label_range
+from torchship.data import check_label_range
 from torchship.errors import CalibrationError, ConfigError
-from torchship.exporter.prune_importance import LABELS_KEY, check_training_data, iterate_batches
+from torchship.exporter.pruning.importance import LABELS_KEY, check_training_data, iterate_batches
 from torchship.loaded import LoadedModel, eval_mode
 
 __all__ = ["RecoveryMode", "DistillConfig", "TrainReport", "recover", "evaluate_accuracy"]

@@ -15,7 +15,7 @@ _SHAPE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*):(\d+(?:x\d+)*)$")
 
 
 def register(commands) -> None:
-    from torchship.commands import add_input_flags
+    from torchship.cli.commands import add_input_flags
 
     p = commands.add_parser(
         "build-engine", help="build a TensorRT engine from ONNX (fp32/fp16/int8), parity-checked"
@@ -73,7 +73,7 @@ def parse_shape_flags(flag: str, values: list[str]) -> dict[str, tuple[int, ...]
 
 def profiles_from_args(args: argparse.Namespace):
     """ShapeRanges from --min/--opt/--max; an input needs all three (or none)."""
-    from torchship.runtimes.tensorrt_build import ShapeRange
+    from torchship.runtimes.tensorrt.builder import ShapeRange
 
     given = {w: parse_shape_flags(w, getattr(args, w)) for w in ("min", "opt", "max")}
     names = set().union(*given.values())
@@ -91,7 +91,7 @@ def options_from_args(args: argparse.Namespace):
     from pathlib import Path
 
     from torchship.artifact import Precision
-    from torchship.runtimes.tensorrt_build import EngineOptions
+    from torchship.runtimes.tensorrt.builder import EngineOptions
 
     valid = [p.value for p in Precision]
     if args.precision not in valid:
@@ -111,10 +111,10 @@ def options_from_args(args: argparse.Namespace):
 
 
 def _build_engine(args: argparse.Namespace, *, console: Console, argv) -> int:
-    from torchship.cli import dump_json
-    from torchship.commands import progress, specs_from_args
-    from torchship.report import human_size
-    from torchship.runtimes.tensorrt_files import build_engine_file
+    from torchship.cli.commands import progress, specs_from_args
+    from torchship.cli.main import dump_json
+    from torchship.cli.tables import human_size
+    from torchship.exporter.engines import build_engine_file
 
     options = options_from_args(args)
     with progress(console) as step:

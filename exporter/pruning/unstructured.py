@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from torchship.errors import ConfigError
-from torchship.exporter.pruning import check_ratio, require_prunable_module
+from torchship.exporter.pruning.channels import check_ratio, require_prunable_module
 from torchship.loaded import LoadedModel, eval_mode
 
 __all__ = ["UnstructuredReport", "prune_unstructured", "DENSE_RUNTIME_NOTE"]

@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("-v", "--verbose", action="store_true", help="show info logs")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from torchship import commands as cmd
+    from torchship.cli import commands as cmd
 
     for register in cmd.REGISTER:
         register(commands)

@@ -19,7 +19,7 @@ import torch_pruning as tp
 from torch import nn
 
 from torchship.errors import ConfigError, ExportError
-from torchship.exporter.prune_importance import IMPORTANCES, accumulate_taylor_gradients
+from torchship.exporter.pruning.importance import IMPORTANCES, accumulate_taylor_gradients
 from torchship.loaded import LoadedModel, eval_mode, flatten_outputs, to_torch_inputs
 
 __all__ = [

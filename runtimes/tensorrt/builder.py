@@ -25,7 +25,7 @@ import onnx
 from torchship.artifact import Precision
 from torchship.errors import BackendUnavailableError, ConfigError, ExportError
 from torchship.files import atomic_path
-from torchship.runtimes.tensorrt_compat import CALIBRATOR_CLASSES, TrtCapabilities, routed_logger
+from torchship.runtimes.tensorrt.compat import CALIBRATOR_CLASSES, TrtCapabilities, routed_logger
 from torchship.specs import InputSpec
 
 __all__ = [

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch_pruning as tp
 
-from torchship.calibration.data import LABELS_KEY, check_label_range
+from torchship.data import LABELS_KEY, check_label_range
 from torchship.errors import CalibrationError, ConfigError
 from torchship.loaded import eval_mode
 from torchship.registry import Registry

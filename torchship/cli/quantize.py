@@ -52,8 +52,8 @@ def register(commands) -> None:
 
 def _quantize(args: argparse.Namespace, *, console: Console, argv) -> int:
     from torchship.calibration import QuantizeOptions, quantize
-    from torchship.cli import dump_json
-    from torchship.commands import progress
+    from torchship.cli.commands import progress
+    from torchship.cli.main import dump_json
 
     _check_json_path(args.json)
     options = QuantizeOptions(
