@@ -19,8 +19,8 @@ _PARITY_BATCHES = 4
 def parity_vs_fp32(source: Artifact, artifact: Artifact, data: DataSet) -> dict:
     """Compare every output on the first eval batches with the precision's tolerance profile."""
     from torchship.exporter.parity import compare_arrays
-    from torchship.exporter.tolerance import tolerance_for
     from torchship.runtimes import get_runner
+    from torchship.runtimes.tolerance import tolerance_for
 
     profile = tolerance_for(artifact.precision.value)
     cases = []

@@ -113,9 +113,9 @@ def quantize(
     `out` is a directory, or a `.onnx` file path (its directory receives the other files).
     A missed accuracy budget still writes the best artifact; `passed` is then False.
     """
-    from torchship.api import staged_output
     from torchship.files import atomic_write_json
     from torchship.manifest import write_manifest
+    from torchship.staging import staged_output
 
     opts = options or QuantizeOptions()
     source = open_source(model)

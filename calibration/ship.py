@@ -78,7 +78,7 @@ def _require_int8_parity(model: LoadedModel, artifact: Artifact, images: np.ndar
     """Parity vs eager on real eval images: random inputs fall outside the calibrated ranges,
     where INT8 saturates by design, so they say nothing about the artifact."""
     from torchship.exporter import check_parity
-    from torchship.exporter.tolerance import tolerance_for
+    from torchship.runtimes.tolerance import tolerance_for
 
     spec = model.inputs[0]
     probe = replace(

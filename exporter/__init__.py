@@ -3,7 +3,7 @@
 from torchship.exporter.base import EXPORTERS, ExportOptions, export_model
 from torchship.exporter.parity import ParityReport, check_parity, require_parity
 from torchship.exporter.reference import load_reference, save_reference
-from torchship.exporter.tolerance import TOLERANCES, ToleranceProfile
+from torchship.runtimes.tolerance import TOLERANCES, ToleranceProfile
 
 __all__ = [
     "EXPORTERS",

@@ -20,15 +20,20 @@ import numpy as np
 from torchship.artifact import Artifact, Format, Precision
 from torchship.errors import ConfigError, ParityError
 from torchship.files import atomic_path, atomic_write_json, sha256_file
+from torchship.manifest import MANIFEST_NAME
 from torchship.runtimes.tensorrt.builder import EngineOptions, ShapeRange
-from torchship.runtimes.tensorrt.cache import EngineCache, EngineInfo, build_engine
+from torchship.runtimes.tensorrt.cache import (
+    EngineCache,
+    EngineInfo,
+    build_engine,
+    read_engine_info,
+)
 from torchship.specs import InputSpec, random_feeds
 
 __all__ = [
     "EngineFileResult",
     "EngineParity",
     "engine_output_path",
-    "read_engine_info",
     "build_engine_file",
     "engine_parity",
     "ship_engines",
@@ -36,7 +41,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.json"
 _SCHEMA = "torchship.manifest/1"
 
 
@@ -60,15 +64,6 @@ def engine_output_path(onnx_path: Path, out: str | Path | None, precision: Preci
     if out.exists() and not out.is_dir():
         raise ConfigError(f"-o {out}: exists and is neither a directory nor an .engine/.plan file")
     return out / name
-
-
-def read_engine_info(artifact: Artifact) -> EngineInfo | None:
-    """The engine's build record: from the artifact itself, else from the manifest beside it."""
-    data = artifact.details.get("tensorrt")
-    if data is None:
-        entry = _manifest_entry(artifact.path)
-        data = (entry or {}).get("details", {}).get("tensorrt")
-    return EngineInfo.from_dict(data) if data is not None else None
 
 
 def build_engine_file(
@@ -120,8 +115,8 @@ def engine_parity(
     Uses the engine precision's tolerance profile (fp16/int8: cosine similarity).
     """
     from torchship.exporter.parity import ParityReport, compare_arrays
-    from torchship.exporter.tolerance import tolerance_for
     from torchship.runtimes.base import get_runner
+    from torchship.runtimes.tolerance import tolerance_for
 
     profile = tolerance_for(engine.precision.value)
     report = ParityReport(engine.path.name, "tensorrt", profile)
@@ -196,15 +191,6 @@ def _parity_cases(engine: Artifact, *, num_random: int, seed: int):
 
 def _at(spec: InputSpec, r: ShapeRange | None, which: str) -> InputSpec:
     return spec if r is None else replace(spec, shape=tuple(getattr(r, which)))
-
-
-def _manifest_entry(path: Path) -> dict | None:
-    manifest = path.parent / MANIFEST_NAME
-    try:
-        data = json.loads(manifest.read_text())
-        return next(a for a in data.get("artifacts", []) if a.get("path") == path.name)
-    except (OSError, ValueError, StopIteration, AttributeError):
-        return None
 
 
 def _add_to_manifest(

@@ -15,10 +15,22 @@ from pathlib import Path
 
 import numpy as np
 
+from torchship.artifact import Artifact
 from torchship.errors import ModelLoadError
 from torchship.files import atomic_write_text
+from torchship.loaded import LoadedModel
+from torchship.runtimes.base import default_runtime_for, get_runner
+from torchship.specs import random_feeds
 
-__all__ = ["INPUTS_FILE", "OUTPUTS_FILE", "RUNNER_NAME", "save_reference", "load_reference"]
+__all__ = [
+    "INPUTS_FILE",
+    "OUTPUTS_FILE",
+    "RUNNER_NAME",
+    "save_reference",
+    "load_reference",
+    "save_references",
+    "save_own_references",
+]
 
 INPUTS_FILE = "reference_inputs.json"
 OUTPUTS_FILE = "reference_outputs.json"
@@ -123,3 +135,23 @@ def _decode_results(data: dict) -> list[dict[str, np.ndarray]]:
         raise ValueError(f"expected results of one runner, found {len(runners)}")
     _, iterations = runners[0]
     return [_decode_feeds(iteration["outputs"]) for iteration in iterations]
+
+
+def save_references(model: LoadedModel, out_dir: Path, *, num_random: int = 2) -> None:
+    """Reference I/O (example + random inputs, eager outputs) in polygraphy's JSON format."""
+    feeds = [model.example] + [random_feeds(model.inputs, seed=100 + i) for i in range(num_random)]
+    save_reference(out_dir, feeds_list=feeds, outputs_list=[model.run(f) for f in feeds])
+
+
+def save_own_references(artifacts: Sequence[Artifact], reference_dir: Path) -> None:
+    """Reference outputs of each artifact (INT8, engines), from its own runtime, in its folder.
+
+    The inputs are `reference_dir`'s. INT8 outputs on random inputs are far from eager (accuracy
+    is judged on real data); what `torchship verify` must prove is that the shipped file still
+    computes what was shipped.
+    """
+    feeds_list, _ = load_reference(reference_dir)
+    for artifact in artifacts:
+        with get_runner(default_runtime_for(artifact.format))(artifact) as runner:
+            outputs = [runner.infer(feeds) for feeds in feeds_list]
+        save_reference(artifact.path.parent, feeds_list=feeds_list, outputs_list=outputs)

@@ -22,11 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from torchship.errors import CalibrationError, ConfigError, ModelLoadError, first_line
+from torchship.files import import_python_file
 from torchship.specs import InputSpec
 
 __all__ = [
     "LABELS_KEY",
     "check_label_range",
+    "top1_accuracy",
     "Batch",
     "DataSet",
     "ShortBatch",
@@ -278,10 +280,8 @@ def _function_chunks(text: str, *, samples: int | None):
 def _resolve_function(text: str) -> Callable[[], Iterable]:
     target, _, attr = text.rpartition(":")
     if target.endswith(".py"):
-        from torchship.sources import _import_file
-
         try:
-            module = _import_file(Path(target))
+            module = import_python_file(Path(target))
         except ModelLoadError as exc:
             raise CalibrationError(f"{text}: {exc}") from None
     else:
@@ -410,6 +410,19 @@ def check_label_range(labels, classes: int, *, what: str) -> None:
             f"{what}: label {bad} is out of range: the model has {classes} classes, labels must "
             f"be 0..{classes - 1} (1-based labels? subtract 1)"
         )
+
+
+def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of rows whose arg-max equals the label."""
+    logits, labels = np.asarray(logits), np.asarray(labels)
+    if logits.ndim != 2 or logits.shape[0] != labels.shape[0]:
+        raise ConfigError(
+            f"top-1 accuracy: logits {list(logits.shape)} and labels {list(labels.shape)} "
+            "do not fit; expected [N, classes] and [N]"
+        )
+    if labels.shape[0] == 0:
+        raise ConfigError("top-1 accuracy: no samples")
+    return float(np.mean(np.argmax(logits, axis=1) == labels))
 
 
 def _padded(batch: Batch, size: int) -> Batch:

@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
-from torchship.errors import ConfigError
+from torchship.errors import ConfigError, ModelLoadError, first_line
 
-__all__ = ["sha256_file", "atomic_path", "atomic_write_text", "atomic_write_json", "atomic_dir"]
+__all__ = [
+    "sha256_file",
+    "atomic_path",
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_dir",
+    "import_python_file",
+]
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -121,3 +132,19 @@ def _make_readable(root: Path) -> None:
     for path in [root, *root.rglob("*")]:
         if not path.is_symlink():
             path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def import_python_file(path: Path) -> types.ModuleType:
+    """Import a user's .py file as a module (model factories, data functions)."""
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such file")
+    name = "torchship_user_" + re.sub(r"\W", "_", str(path.resolve()))
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # lets classes defined there pickle and unpickle
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise ModelLoadError(f"{path}: importing it failed: {first_line(exc)}") from exc
+    return module

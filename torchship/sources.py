@@ -6,8 +6,6 @@ import importlib
 import importlib.util
 import logging
 import pickle
-import re
-import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +13,7 @@ from pathlib import Path
 import torch
 
 from torchship.errors import ConfigError, ModelLoadError, first_line
-from torchship.files import sha256_file
+from torchship.files import import_python_file, sha256_file
 from torchship.loaded import LoadedModel, eval_mode, flatten_outputs, to_torch_inputs
 from torchship.specs import InputSpec, random_feeds
 
@@ -119,7 +117,7 @@ def _resolve_factory(source: str):
             "'path/to/file.py:factory', a .pt2 file or a TorchScript .ts/.pt archive"
         )
     if target.endswith(".py"):
-        module = _import_file(Path(target))
+        module = import_python_file(Path(target))
     else:
         try:
             module = importlib.import_module(target)
@@ -129,21 +127,6 @@ def _resolve_factory(source: str):
     if factory is None or not callable(factory):
         raise ModelLoadError(f"{source}: {target!r} has no callable {attr!r}")
     return factory
-
-
-def _import_file(path: Path):
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: no such file")
-    name = "torchship_user_" + re.sub(r"\W", "_", str(path.resolve()))
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # lets classes defined there pickle and unpickle
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        del sys.modules[name]
-        raise ModelLoadError(f"{path}: importing it failed: {first_line(exc)}") from exc
-    return module
 
 
 def _call_factory(factory, source: str) -> torch.nn.Module:

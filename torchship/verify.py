@@ -194,7 +194,7 @@ def _artifact_from_entry(path: Path, entry: dict) -> Artifact:
 
 def _compare(artifact: Artifact, got: dict, expected: dict, case: str) -> str:
     from torchship.exporter.parity import compare_arrays
-    from torchship.exporter.tolerance import tolerance_for
+    from torchship.runtimes.tolerance import tolerance_for
 
     profile = tolerance_for(artifact.precision.value)
     for name, reference in expected.items():

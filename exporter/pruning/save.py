@@ -45,10 +45,11 @@ def save_pruned(
     """Export `model` to `out_dir` (atomically), with weights and the plan in the manifest."""
     from safetensors.torch import save_file
 
-    from torchship.api import save_references, staged_output
     from torchship.exporter import export_model, require_parity
     from torchship.exporter.passes import run_passes
+    from torchship.exporter.reference import save_references
     from torchship.manifest import build_manifest, write_manifest
+    from torchship.staging import staged_output
 
     names = list(formats) if formats else list(FILE_FORMATS)
     export_from, passes = run_passes(model) if fold_batchnorm else (model, [])

@@ -21,6 +21,7 @@ from typing import Any
 from torchship.artifact import Artifact, Format
 from torchship.errors import BackendUnavailableError, ConfigError
 from torchship.files import atomic_path, atomic_write_json
+from torchship.manifest import MANIFEST_NAME
 from torchship.runtimes.tensorrt.builder import (
     EngineOptions,
     ShapeRange,
@@ -30,6 +31,7 @@ from torchship.runtimes.tensorrt.builder import (
 from torchship.runtimes.tensorrt.compat import import_tensorrt, parse_version
 
 __all__ = [
+    "read_engine_info",
     "GpuIdentity",
     "EngineInfo",
     "EngineBuild",
@@ -282,3 +284,21 @@ def _cc(text: str) -> tuple[int, int]:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "gpu"
+
+
+def read_engine_info(artifact: Artifact) -> EngineInfo | None:
+    """The engine's build record: from the artifact itself, else from the manifest beside it."""
+    data = artifact.details.get("tensorrt")
+    if data is None:
+        entry = _manifest_entry(artifact.path)
+        data = (entry or {}).get("details", {}).get("tensorrt")
+    return EngineInfo.from_dict(data) if data is not None else None
+
+
+def _manifest_entry(path: Path) -> dict | None:
+    manifest = path.parent / MANIFEST_NAME
+    try:
+        data = json.loads(manifest.read_text())
+        return next(a for a in data.get("artifacts", []) if a.get("path") == path.name)
+    except (OSError, ValueError, StopIteration, AttributeError):
+        return None

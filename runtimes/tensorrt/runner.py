@@ -27,6 +27,7 @@ from torchship.runtimes.tensorrt.cache import (
     build_engine,
     check_compatible,
     gpu_identity,
+    read_engine_info,
 )
 from torchship.runtimes.tensorrt.compat import import_tensorrt, routed_logger
 from torchship.runtimes.torch_cuda import ComputeEvents, GpuTimedMixin, cuda_reason, torch_dtype
@@ -98,8 +99,6 @@ class TensorRTRunner(GpuTimedMixin, Runner):
             build = build_engine(self.artifact, options=self.options, cache=self.cache)
             self.info, self.from_cache = build.info, build.cached
             return build.plan
-        from torchship.exporter.engines import read_engine_info
-
         self.info = read_engine_info(self.artifact)
         if self.info is None:
             log.warning(

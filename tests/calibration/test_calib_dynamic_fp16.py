@@ -7,9 +7,9 @@ import pytest
 
 from torchship.calibration import QuantizeOptions, quantize
 from torchship.exporter import check_parity
-from torchship.exporter.tolerance import tolerance_for
 from torchship.loaded import LoadedModel
 from torchship.models import tiny_encoder, zoo_inputs
+from torchship.runtimes.tolerance import tolerance_for
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from torchship.api import staged_output
 from torchship.errors import ConfigError
 from torchship.files import atomic_dir, atomic_path
 from torchship.manifest import build_manifest, read_manifest, write_manifest
 from torchship.sources import load_model
+from torchship.staging import staged_output
 
 
 def test_manifest_hashes_every_file(tmp_path):

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from torchship.data import top1_accuracy
 from torchship.errors import ConfigError, ModelLoadError
 from torchship.files import sha256_file
 from torchship.loaded import LoadedModel
@@ -130,19 +131,6 @@ def demo_dataset(split: str = "test") -> tuple[np.ndarray, np.ndarray]:
         raise ConfigError(f"demo split {split!r} is unknown; valid: {', '.join(_SPLITS)}")
     images, labels = _raw_split(split)
     return demo_preprocess(images), labels.copy()
-
-
-def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Fraction of rows whose arg-max equals the label."""
-    logits, labels = np.asarray(logits), np.asarray(labels)
-    if logits.ndim != 2 or logits.shape[0] != labels.shape[0]:
-        raise ConfigError(
-            f"top-1 accuracy: logits {list(logits.shape)} and labels {list(labels.shape)} "
-            "do not fit; expected [N, classes] and [N]"
-        )
-    if labels.shape[0] == 0:
-        raise ConfigError("top-1 accuracy: no samples")
-    return float(np.mean(np.argmax(logits, axis=1) == labels))
 
 
 def load_demo() -> LoadedModel:

@@ -79,8 +79,8 @@ def run_pipeline(
     progress: Callable[[str], None] | None = None,
 ) -> PipelineResult:
     """Every step of `config`, then the gates; writes the bundle atomically and returns it."""
-    from torchship.api import save_own_references, save_references
     from torchship.exporter import ExportOptions, export_model, require_parity
+    from torchship.exporter.reference import save_own_references, save_references
 
     step = progress or (lambda message: None)
     check_replaceable_dir(config.bundle_dir)  # before any work, as a missing baseline is
@@ -192,8 +192,8 @@ def _quantized(config: PipelineConfig, artifacts, stage: Path, step) -> list[Art
 
 
 def _measure(config: PipelineConfig, model, artifacts, stage: Path, step):
-    from torchship.pipeline.demo import evaluate_top1
     from torchship.runtimes import BenchConfig, bench_document, bench_runner, default_runtime_for
+    from torchship.runtimes.evaluate import evaluate_top1
 
     bench = config.bench
     bench_config = BenchConfig(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,8 +19,9 @@ import numpy as np
 from torchship.artifact import FILE_FORMATS, Artifact, Format, Precision
 from torchship.files import atomic_dir, atomic_write_json, check_replaceable_dir
 from torchship.manifest import build_manifest, write_manifest
+from torchship.runtimes.evaluate import evaluate_top1
 
-__all__ = ["ShipRow", "ShipReport", "ship_demo", "runtimes_for", "evaluate_top1"]
+__all__ = ["ShipRow", "ShipReport", "ship_demo", "runtimes_for"]
 
 log = logging.getLogger(__name__)
 
@@ -82,27 +83,6 @@ def runtimes_for(fmt: Format) -> list[str]:
     return [name] if name in here else []
 
 
-def evaluate_top1(
-    runtime: str, artifact: Artifact, feeds: Mapping[str, np.ndarray], labels: np.ndarray
-) -> float:
-    """Top-1 accuracy of `artifact` run through `runtime` on a labelled set.
-
-    Batches come from the calibration readers: checked against the artifact's inputs, and at a
-    fixed batch axis the last one is padded (the padding rows' outputs are dropped).
-    """
-    from torchship.data import LABELS_KEY, ShortBatch, open_data
-    from torchship.models import top1_accuracy
-    from torchship.runtimes import get_runner
-
-    data = open_data({**feeds, LABELS_KEY: labels}, inputs=artifact.inputs)
-    logits = []
-    with get_runner(runtime)(artifact) as runner:
-        for batch in data.batches(short=ShortBatch.PAD):
-            output = next(iter(runner.infer(batch.feeds).values()))
-            logits.append(output[: batch.samples])
-    return top1_accuracy(np.concatenate(logits), labels)
-
-
 def ship_demo(
     out_dir: str | Path = "dist/demo",
     *,
@@ -113,8 +93,8 @@ def ship_demo(
     progress: Callable[[str], None] | None = None,
 ) -> ShipReport:
     """Run the whole pipeline on the embedded demo and write the bundle to `out_dir` atomically."""
-    from torchship.api import save_own_references, save_references
     from torchship.exporter import export_model, require_parity
+    from torchship.exporter.reference import save_own_references, save_references
     from torchship.models import demo_dataset, load_demo
     from torchship.runtimes import BenchConfig, bench_document
 

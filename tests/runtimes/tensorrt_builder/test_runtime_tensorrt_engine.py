@@ -21,7 +21,6 @@ from torchship.errors import BackendUnavailableError, CalibrationError, ConfigEr
 from torchship.exporter.engines import (
     build_engine_file,
     engine_output_path,
-    read_engine_info,
     ship_engines,
 )
 from torchship.runtimes.tensorrt import cache as tensorrt_engine
@@ -32,6 +31,7 @@ from torchship.runtimes.tensorrt.cache import (
     GpuIdentity,
     build_engine,
     check_compatible,
+    read_engine_info,
 )
 from torchship.specs import InputSpec
 
