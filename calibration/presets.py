@@ -14,7 +14,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from torchship.fingerprint import machine_fingerprint
 from torchship.registry import Registry
+from torchship.runtimes import available_runners
 
 __all__ = ["QuantType8", "QuantPreset", "PRESETS", "get_preset", "auto_preset_name"]
 
@@ -122,9 +124,6 @@ def auto_preset_name(machine: dict, *, gpu_runtimes: bool = False) -> str:
 def get_preset(name: str | None) -> QuantPreset:
     """A preset by name; None or "auto" picks one from `doctor`'s CPU/GPU facts."""
     if name is None or name == "auto":
-        from torchship.fingerprint import machine_fingerprint
-        from torchship.runtimes import available_runners
-
         trt = any(r in available_runners() for r in ("ort-trt", "tensorrt"))
         name = auto_preset_name(machine_fingerprint(), gpu_runtimes=trt)
     return PRESETS.get(name)

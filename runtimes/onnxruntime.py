@@ -15,6 +15,7 @@ import numpy as np
 from torchship.artifact import Artifact, Format
 from torchship.errors import BackendUnavailableError, ModelLoadError, first_line
 from torchship.runtimes.base import RUNNERS, Runner
+from torchship.runtimes.tensorrt.cache import cache_root
 from torchship.runtimes.torch_cuda import ComputeEvents, GpuTimedMixin, cuda_reason
 
 __all__ = ["OrtRunner", "OrtCpuRunner", "OrtGpuRunner", "OrtCudaRunner", "OrtTensorrtRunner"]
@@ -191,8 +192,6 @@ class OrtGpuRunner(GpuTimedMixin, OrtRunner):
         super()._load()
 
     def provider_list(self) -> list:
-        from torchship.runtimes.tensorrt.cache import cache_root
-
         stream = str(self._stream.cuda_stream)
         engines = cache_root() / "ort-trt"
         if "TensorrtExecutionProvider" in self.providers:

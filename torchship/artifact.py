@@ -11,6 +11,7 @@ from typing import Any
 
 from torchship.errors import ConfigError, ModelLoadError, ToolchainError, first_line
 from torchship.files import sha256_file
+from torchship.onnx_io import onnx_io
 from torchship.specs import InputSpec
 
 __all__ = ["FILE_FORMATS", "Format", "Precision", "Artifact", "format_for_path"]
@@ -141,8 +142,6 @@ class Artifact:
         if described is not None and not inputs:
             specs, outputs, precision = described
         elif fmt is Format.ONNX:
-            from torchship.onnx_io import onnx_io
-
             specs, outputs = onnx_io(path)
             precision = described[2] if described else Precision.FP32
             specs = list(inputs) if inputs else specs

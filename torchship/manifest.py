@@ -10,6 +10,7 @@ from pathlib import Path
 from torchship.artifact import Artifact
 from torchship.errors import ModelLoadError
 from torchship.files import atomic_write_json, sha256_file
+from torchship.fingerprint import machine_fingerprint, software_fingerprint
 from torchship.loaded import LoadedModel
 
 __all__ = ["MANIFEST_NAME", "SCHEMA", "build_manifest", "write_manifest", "read_manifest"]
@@ -30,8 +31,6 @@ def build_manifest(
 ) -> dict:
     """Describe every file in `out_dir` and the run that made it. Only `out_dir`'s own manifest
     is left out: the steps' manifests in subfolders (int8/, pruned/) are part of the output."""
-    from torchship.fingerprint import machine_fingerprint, software_fingerprint
-
     files = [
         {
             "path": p.relative_to(out_dir).as_posix(),

@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import onnx
+from typing import TYPE_CHECKING
 
 from torchship.errors import ConfigError, ModelLoadError
 from torchship.specs import DTYPES, InputSpec
 
+if TYPE_CHECKING:
+    import onnx
+
 __all__ = ["onnx_io", "onnx_dtype_name", "value_info_dims"]
 
+#: ONNX TensorProto.DataType values (fixed by the ONNX spec) -> numpy dtype names. Keyed by
+#: number so that reading an artifact's I/O imports `onnx` only when a file is actually read.
 _ONNX_DTYPES = {
-    onnx.TensorProto.FLOAT: "float32",
-    onnx.TensorProto.FLOAT16: "float16",
-    onnx.TensorProto.DOUBLE: "float64",
-    onnx.TensorProto.INT64: "int64",
-    onnx.TensorProto.INT32: "int32",
-    onnx.TensorProto.INT8: "int8",
-    onnx.TensorProto.UINT8: "uint8",
-    onnx.TensorProto.BOOL: "bool",
+    1: "float32",  # FLOAT
+    10: "float16",  # FLOAT16
+    11: "float64",  # DOUBLE
+    7: "int64",  # INT64
+    6: "int32",  # INT32
+    3: "int8",  # INT8
+    2: "uint8",  # UINT8
+    9: "bool",  # BOOL
 }
 
 
@@ -44,6 +48,8 @@ def onnx_io(path: str | Path) -> tuple[list[InputSpec], list[str]]:
 
     Symbolic dims become `InputSpec.dynamic` entries; the example shape uses 1 for them.
     """
+    import onnx  # heavy: only when an ONNX file is read
+
     path = Path(path)
     try:
         model = onnx.load(str(path), load_external_data=False)
@@ -59,6 +65,8 @@ def _spec(path: Path, info: onnx.ValueInfoProto) -> InputSpec:
     elem_type = info.type.tensor_type.elem_type
     dtype = onnx_dtype_name(elem_type)
     if dtype is None:
+        import onnx
+
         name = onnx.TensorProto.DataType.Name(elem_type) if elem_type else "unknown"
         raise ModelLoadError(
             f"{path}: input {info.name!r} has element type {name}; supported: {', '.join(DTYPES)}"

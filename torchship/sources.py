@@ -15,6 +15,7 @@ import torch
 from torchship.errors import ConfigError, ModelLoadError, first_line
 from torchship.files import import_python_file, sha256_file
 from torchship.loaded import LoadedModel, eval_mode, flatten_outputs, to_torch_inputs
+from torchship.models import load_demo
 from torchship.specs import InputSpec, random_feeds
 
 __all__ = ["load_model", "load_weights"]
@@ -40,8 +41,6 @@ def load_model(
     if source == "demo":
         if weights is not None:
             raise ConfigError("--weights cannot be used with the demo model (its weights ship)")
-        from torchship.models import load_demo
-
         model = load_demo()
         if not inputs and not output_names:
             return model  # keeps the demo's example: real test images

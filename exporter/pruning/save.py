@@ -13,7 +13,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from torchship.artifact import FILE_FORMATS, Artifact
+from torchship.exporter.base import export_model
+from torchship.exporter.parity import require_parity
+from torchship.exporter.passes import run_passes
+from torchship.exporter.reference import save_references
 from torchship.loaded import LoadedModel
+from torchship.manifest import build_manifest, write_manifest
+from torchship.staging import staged_output
 
 __all__ = ["SavedPruned", "save_pruned", "WEIGHTS_NAME"]
 
@@ -44,12 +50,6 @@ def save_pruned(
 ) -> SavedPruned:
     """Export `model` to `out_dir` (atomically), with weights and the plan in the manifest."""
     from safetensors.torch import save_file
-
-    from torchship.exporter import export_model, require_parity
-    from torchship.exporter.passes import run_passes
-    from torchship.exporter.reference import save_references
-    from torchship.manifest import build_manifest, write_manifest
-    from torchship.staging import staged_output
 
     names = list(formats) if formats else list(FILE_FORMATS)
     export_from, passes = run_passes(model) if fold_batchnorm else (model, [])

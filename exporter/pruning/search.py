@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from torchship.errors import CheckFailedError, ConfigError
+from torchship.exporter.base import ExportOptions, export_model
 from torchship.exporter.pruning.channels import (
     PruneConfig,
     PruneResult,
@@ -27,6 +28,7 @@ from torchship.exporter.pruning.channels import (
 from torchship.exporter.pruning.distill import evaluate_accuracy
 from torchship.exporter.pruning.importance import IMPORTANCES
 from torchship.loaded import LoadedModel
+from torchship.runtimes import BenchConfig, bench_runner, get_runner
 
 __all__ = ["SearchRow", "SearchResult", "measure_latency", "search_ratio"]
 
@@ -74,9 +76,6 @@ def measure_latency(
     threads: int | None = None,
 ) -> float:
     """p50 latency (ms) of `model` on `runtime` at `batch`, through the runtime layer."""
-    from torchship.exporter import ExportOptions, export_model
-    from torchship.runtimes import BenchConfig, bench_runner, get_runner
-
     config = BenchConfig(batches=(batch,), warmup=5, min_time_s=min_time_s, threads=threads)
     formats = get_runner(runtime).formats
     with tempfile.TemporaryDirectory(prefix="torchship-prune-") as tmp:

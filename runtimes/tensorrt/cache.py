@@ -25,10 +25,12 @@ from torchship.manifest import MANIFEST_NAME
 from torchship.runtimes.tensorrt.builder import (
     EngineOptions,
     ShapeRange,
+    build_mode,
     build_serialized,
     profiles_for,
 )
-from torchship.runtimes.tensorrt.compat import import_tensorrt, parse_version
+from torchship.runtimes.tensorrt.calibrator import calibration_batch, data_identity, make_calibrator
+from torchship.runtimes.tensorrt.compat import capabilities, import_tensorrt, parse_version
 
 __all__ = [
     "read_engine_info",
@@ -243,18 +245,12 @@ def check_compatible(info: EngineInfo, *, path: Path, trt_version: str, gpu: Gpu
 def _calib_id(options: EngineOptions) -> str | None:
     if options.calib_data is None:
         return None
-    from torchship.runtimes.tensorrt.calibrator import data_identity
-
     return data_identity(options.calib_data)
 
 
 def _calibrator(trt: Any, onnx: Artifact, options, profiles, cache: EngineCache, calib_id):
     if options.calibrator is None:
         return None
-    from torchship.runtimes.tensorrt.builder import build_mode
-    from torchship.runtimes.tensorrt.calibrator import calibration_batch, make_calibrator
-    from torchship.runtimes.tensorrt.compat import capabilities
-
     build_mode(options, capabilities(trt), onnx_path=onnx.path)  # version check before reading data
     return make_calibrator(
         trt, method=options.calibrator, source=options.calib_data, specs=onnx.inputs,

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from torchship.data import open_data
 from torchship.errors import CalibrationError, ConfigError
 from torchship.files import atomic_path, sha256_file
 from torchship.runtimes.tensorrt.builder import ShapeRange
@@ -132,29 +133,9 @@ def make_calibrator(
 
 
 def _open(source: str | Path, specs: Sequence[InputSpec], *, batch: int, samples: int | None):
-    """Batches of feeds from torchship's calibration readers, or from an .npz without them."""
-    try:
-        from torchship.data import open_data
-    except ImportError:
-        return _npz_batches(Path(source), specs, batch=batch, samples=samples)
+    """Batches of feeds from torchship's calibration readers."""
     data = open_data(source, inputs=specs, samples=samples, batch_size=batch)
     return (b.feeds for b in data.batches())
-
-
-def _npz_batches(
-    path: Path, specs: Sequence[InputSpec], *, batch: int, samples: int | None
-) -> Iterator[Feeds]:
-    if path.suffix != ".npz" or not path.is_file():
-        raise CalibrationError(f"{path}: calibration data must be an existing .npz file here")
-    with np.load(path) as arrays:
-        missing = [s.name for s in specs if s.name not in arrays]
-        if missing:
-            raise CalibrationError(f"{path}: no array for input(s) {missing}; has {arrays.files}")
-        data = {s.name: arrays[s.name].astype(s.np_dtype) for s in specs}
-    total = min(len(a) for a in data.values())
-    total = min(total, samples) if samples else total
-    for start in range(0, total, batch):
-        yield {name: a[start : start + batch] for name, a in data.items()}
 
 
 def _full_batches(batches: Iterator[Feeds], batch: int) -> Iterator[Feeds]:
