@@ -45,7 +45,7 @@ QUANTIZED_OPS = frozenset(
         "QAttention",
     }
 )
-#: Dynamic quantization touches only these: dynamic convs ran ~6x slower than FP32 (DESIGN.md).
+#: Dynamic quantization touches only these: dynamic convs ran ~6x slower than FP32 (docs/design.md).
 DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Attention")
 
 

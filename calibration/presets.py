@@ -1,6 +1,6 @@
 """Target presets for static INT8: frozen configs in a registry, plus `auto` from machine facts.
 
-Why these settings (DESIGN.md, measured with ORT 1.32, 2 threads): on x86 CPUs ORT's fast
+Why these settings (docs/design.md, measured with ORT 1.32, 2 threads): on x86 CPUs ORT's fast
 integer kernels want U8 activations and S8 weights; U8S8 per-channel QDQ ran 2.7x faster than
 FP32 on a ResNet-18-style CNN, while ORT's default S8S8 ran *slower* than FP32 (0.78x).
 Without VNNI, `vpmaddubsw` adds pairs of u8*s8 products into an s16 that can saturate, so

@@ -1,6 +1,6 @@
 """Benchmark one artifact on one runtime: cold start, latency samples, stats, fingerprints.
 
-Results are saved as JSON documents of schema `torchship.bench/1` (see DESIGN.md).
+Results are saved as JSON documents of schema `torchship.bench/1` (docs/design.md).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ clocks, both are timed on the host wall clock instead, so the ratio compares lik
 `ABResult.clock` says which clock was used.
 
 Why one session at a time: two sessions timed alternately in one process disturb each other
-through spinning intra-op thread pools (a 1.7x gap once read as 1.04x; DESIGN.md). Each round
+through spinning intra-op thread pools (a 1.7x gap once read as 1.04x; docs/design.md). Each round
 loads one side, times it and releases it before the other side loads; ORT runners run with
 spinning off (their default).
 """

@@ -40,7 +40,7 @@ class OrtRunner(Runner):
 
     `spinning` controls `session.intra_op.allow_spinning`. It is off by default: the spinning
     intra-op pools of two sessions timed alternately in one process disturb each other and
-    distort A/B latency ratios (see DESIGN.md). Turn it on only for single-session peak numbers.
+    distort A/B latency ratios (docs/design.md). Turn it on only for single-session peak numbers.
     """
 
     formats = (Format.ONNX,)

@@ -90,7 +90,7 @@ def bench(
 ) -> dict:
     """Benchmark each artifact on each runtime (default: the artifact format's runtime).
 
-    Returns the `torchship.bench/1` document (see DESIGN.md).
+    Returns the `torchship.bench/1` document (docs/design.md).
     """
     from torchship.runtimes import BenchConfig, bench_document, bench_runner, default_runtime_for
     from torchship.runtimes.base import get_runner, require_available

@@ -1,4 +1,4 @@
-"""Typed errors. Each carries the exit code the CLI returns for it (see DESIGN.md)."""
+"""Typed errors. Each carries the exit code the CLI returns for it (docs/design.md)."""
 
 from __future__ import annotations
 

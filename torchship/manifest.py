@@ -1,4 +1,4 @@
-"""`manifest.json`: what an output directory holds and how it was made (DESIGN.md)."""
+"""`manifest.json`: what an output directory holds and how it was made (docs/design.md)."""
 
 from __future__ import annotations
 
