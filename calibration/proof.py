@@ -8,6 +8,9 @@ import logging
 
 from torchship.artifact import Artifact
 from torchship.data import DataSet, ShortBatch
+from torchship.runtimes import BenchConfig, bench_runner, get_runner
+from torchship.runtimes.compare import compare_runs
+from torchship.runtimes.tolerance import tolerance_for
 
 __all__ = ["parity_vs_fp32", "bench_vs_fp32", "bench_batch_for"]
 
@@ -18,27 +21,27 @@ _PARITY_BATCHES = 4
 
 def parity_vs_fp32(source: Artifact, artifact: Artifact, data: DataSet) -> dict:
     """Compare every output on the first eval batches with the precision's tolerance profile."""
-    from torchship.exporter.parity import compare_arrays
-    from torchship.runtimes import get_runner
-    from torchship.runtimes.tolerance import tolerance_for
-
     profile = tolerance_for(artifact.precision.value)
-    cases = []
-    runner_cls = get_runner("ort-cpu")
-    with runner_cls(source) as fp32, runner_cls(artifact) as candidate:
-        for batch in itertools.islice(data.batches(short=ShortBatch.PAD), _PARITY_BATCHES):
-            expected, got = fp32.infer(batch.feeds), candidate.infer(batch.feeds)
-            for name in source.outputs:
-                cases.append(compare_arrays(batch.origin, name, expected[name], got[name], profile))
-    passed = all(c.passed for c in cases)
-    worst = min(cases, key=lambda c: c.cosine) if cases else None
+    batches = itertools.islice(data.batches(short=ShortBatch.PAD), _PARITY_BATCHES)
+    with get_runner("ort-cpu")(source) as fp32:
+        report = compare_runs(
+            artifact,
+            ((batch.origin, batch.feeds) for batch in batches),
+            runtime="ort-cpu",
+            reference=fp32,
+            outputs=source.outputs,
+            profile=profile,
+        )
+    # a missing output or another shape has no errors to report; it still fails `passed`
+    measured = [c for c in report.cases if not c.reason]
+    worst = min(measured, key=lambda c: c.cosine, default=None)
     return {
-        "passed": passed,
+        "passed": report.passed,
         "profile": artifact.precision.value,
         "min_cosine_required": profile.min_cosine,
-        "comparisons": len(cases),
+        "comparisons": len(report.cases),
         "min_cosine": None if worst is None else round(worst.cosine, 6),
-        "max_abs": None if worst is None else round(max(c.max_abs for c in cases), 6),
+        "max_abs": None if worst is None else round(max(c.max_abs for c in measured), 6),
     }
 
 
@@ -53,8 +56,6 @@ def bench_batch_for(artifact: Artifact, requested: int | None = None) -> int:
 
 def bench_vs_fp32(source: Artifact, artifact: Artifact, *, options) -> dict:
     """p50 of FP32 and candidate on ort-cpu in one run (sessions released between)."""
-    from torchship.runtimes import BenchConfig, bench_runner
-
     batch = bench_batch_for(artifact, options.bench_batch)
     config = BenchConfig(
         warmup=5, min_time_s=options.bench_min_time_s, batches=(batch,), threads=options.threads

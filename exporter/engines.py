@@ -21,6 +21,8 @@ from torchship.artifact import Artifact, Format, Precision
 from torchship.errors import ConfigError, ParityError
 from torchship.files import atomic_path, atomic_write_json, sha256_file
 from torchship.manifest import MANIFEST_NAME
+from torchship.runtimes.base import get_runner
+from torchship.runtimes.compare import CaseResult, ParityReport, compare_runs
 from torchship.runtimes.tensorrt.builder import EngineOptions, ShapeRange
 from torchship.runtimes.tensorrt.cache import (
     EngineCache,
@@ -28,6 +30,7 @@ from torchship.runtimes.tensorrt.cache import (
     build_engine,
     read_engine_info,
 )
+from torchship.runtimes.tolerance import tolerance_for
 from torchship.specs import InputSpec, random_feeds
 
 __all__ = [
@@ -100,7 +103,7 @@ def build_engine_file(
 class EngineParity:
     """The parity report plus the top-1 agreement of 2-d (class score) outputs, if any."""
 
-    report: object  # torchship.exporter.parity.ParityReport
+    report: ParityReport
     top1_agreement: float | None
 
     def to_dict(self) -> dict:
@@ -112,28 +115,28 @@ def engine_parity(
 ) -> EngineParity:
     """Compare `engine` (tensorrt) with `reference` ONNX (ort-cpu) at the profile's shapes.
 
-    Uses the engine precision's tolerance profile (fp16/int8: cosine similarity).
+    Uses the engine precision's tolerance profile (fp16/int8: cosine similarity). ParityError
+    when an output is missing or has another shape than the reference's.
     """
-    from torchship.exporter.parity import ParityReport, compare_arrays
-    from torchship.runtimes.base import get_runner
-    from torchship.runtimes.tolerance import tolerance_for
-
     profile = tolerance_for(engine.precision.value)
-    report = ParityReport(engine.path.name, "tensorrt", profile)
     agreements: list[float] = []
+
+    def check_case(result: CaseResult) -> None:
+        for c in result.comparisons:
+            if c.missing or c.shape_mismatch:
+                # a missing output has always been reported as shape [0]
+                shape = [0] if c.actual_shape is None else list(c.actual_shape)
+                raise ParityError(
+                    f"{engine.path.name}: output {c.output!r} on {c.case} has shape "
+                    f"{shape}, the ONNX reference {list(c.shape)}"
+                )
+            want, have = result.expected[c.output], result.got[c.output]
+            if want.ndim == 2 and want.shape[1] > 1:
+                agreements.append(float(np.mean(want.argmax(1) == np.asarray(have).argmax(1))))
+
+    cases = _parity_cases(engine, num_random=num_random, seed=seed)
     with get_runner("tensorrt")(engine) as runner, get_runner("ort-cpu")(reference) as ref:
-        for case, feeds in _parity_cases(engine, num_random=num_random, seed=seed):
-            expected, got = ref.infer(feeds), runner.infer(feeds)
-            for name, want in expected.items():
-                have = np.asarray(got.get(name, np.empty(0)), dtype=np.float64)
-                if have.shape != want.shape:
-                    raise ParityError(
-                        f"{engine.path.name}: output {name!r} on {case} has shape "
-                        f"{list(have.shape)}, the ONNX reference {list(want.shape)}"
-                    )
-                report.cases.append(compare_arrays(case, name, want, have, profile))
-                if want.ndim == 2 and want.shape[1] > 1:
-                    agreements.append(float(np.mean(want.argmax(1) == have.argmax(1))))
+        report = compare_runs(runner, cases, reference=ref, profile=profile, on_case=check_case)
     return EngineParity(report, float(np.mean(agreements)) if agreements else None)
 
 

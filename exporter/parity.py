@@ -1,4 +1,4 @@
-"""Parity: run an artifact in its runtime and compare every output with eager PyTorch."""
+"""Export parity: an artifact in its runtime against eager PyTorch, through the comparator."""
 
 from __future__ import annotations
 
@@ -10,17 +10,12 @@ import numpy as np
 from torchship.artifact import Artifact
 from torchship.errors import ParityError
 from torchship.loaded import LoadedModel, eval_mode
-from torchship.runtimes.base import default_runtime_for, get_runner
-from torchship.runtimes.compare import (
-    OutputComparison,
-    ParityReport,
-    compare_arrays,
-    compare_output,
-)
+from torchship.runtimes.base import default_runtime_for
+from torchship.runtimes.compare import ParityReport, compare_runs
 from torchship.runtimes.tolerance import ToleranceProfile, tolerance_for
 from torchship.specs import InputSpec, random_feeds
 
-__all__ = ["OutputComparison", "ParityReport", "check_parity", "require_parity", "compare_arrays"]
+__all__ = ["check_parity", "require_parity"]
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +36,16 @@ def check_parity(
     """
     runtime = runtime or default_runtime_for(artifact.format)
     profile = profile or tolerance_for(artifact.precision.value)
-    report = ParityReport(artifact.path.name, runtime, profile)
     eval_mode(model.module)
-    with get_runner(runtime)(artifact, threads=None) as runner:
-        for case, feeds in _cases(model, num_random=num_random, seed=seed):
-            expected = model.run(feeds)
-            got = runner.infer(feeds)
-            for name in model.outputs:
-                report.cases.append(compare_output(case, name, expected[name], got, profile))
+    report = compare_runs(
+        artifact,
+        _cases(model, num_random=num_random, seed=seed),
+        runtime=runtime,
+        reference=model.run,
+        outputs=model.outputs,
+        profile=profile,
+        reference_name="eager",
+    )
     log.info(report.message())
     return report
 

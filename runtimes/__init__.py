@@ -1,4 +1,4 @@
-"""Runtimes: one Runner per backend (looked up by name), timing loops, stats and benchmarks.
+"""Runtimes: one Runner per backend (looked up by name), the comparator, timing, stats, benchmarks.
 
 Backends register on first use of the registry helpers; optional packages import lazily.
 """
@@ -19,6 +19,7 @@ from torchship.runtimes.bench import (
     bench_runner,
     load_bench_document,
 )
+from torchship.runtimes.compare import compare_runs
 from torchship.runtimes.stats import HIGH_CV, Stats
 
 __all__ = [
@@ -36,4 +37,5 @@ __all__ = [
     "bench_many",
     "bench_document",
     "load_bench_document",
+    "compare_runs",
 ]

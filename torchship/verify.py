@@ -14,8 +14,12 @@ from pathlib import Path
 
 from torchship.artifact import Artifact, Format, Precision
 from torchship.errors import BackendUnavailableError, CheckFailedError, ConfigError
+from torchship.exporter.reference import INPUTS_FILE, load_reference
 from torchship.files import sha256_file
 from torchship.manifest import MANIFEST_NAME, read_manifest
+from torchship.runtimes.base import default_runtime_for, get_runner
+from torchship.runtimes.compare import OutputComparison, compare_runs
+from torchship.runtimes.tolerance import tolerance_for
 from torchship.specs import InputSpec
 
 __all__ = ["VerifyCheck", "VerifyReport", "verify_bundle", "require_verified"]
@@ -143,8 +147,6 @@ def _parity_checks(bundle: Path, manifest: dict) -> list[VerifyCheck]:
     for entry in entries:
         folder = _reference_dir(bundle, bundle / str(entry.get("path")))
         if folder not in references:
-            from torchship.exporter import load_reference
-
             references[folder] = load_reference(folder)
         checks.append(_artifact_check(bundle, entry, *references[folder]))
     return checks
@@ -152,15 +154,11 @@ def _parity_checks(bundle: Path, manifest: dict) -> list[VerifyCheck]:
 
 def _reference_dir(bundle: Path, artifact_path: Path) -> Path:
     """The artifact's own reference I/O when it has one (quantized artifacts), else the bundle's."""
-    from torchship.exporter.reference import INPUTS_FILE
-
     own = artifact_path.parent
     return own if (own / INPUTS_FILE).is_file() else bundle
 
 
 def _artifact_check(bundle: Path, entry: dict, feeds_list, outputs_list) -> VerifyCheck:
-    from torchship.runtimes.base import default_runtime_for, get_runner
-
     rel = str(entry.get("path"))
     try:
         artifact = _artifact_from_entry(bundle / rel, entry)
@@ -169,11 +167,14 @@ def _artifact_check(bundle: Path, entry: dict, feeds_list, outputs_list) -> Veri
         reason = cls.unavailable_reason()
         if reason is not None:
             return VerifyCheck(rel, "parity", "skipped", f"runtime {runtime} unavailable: {reason}")
+        pairs = enumerate(zip(feeds_list, outputs_list, strict=True))
+        cases = ((f"reference #{i}", feeds, expected) for i, (feeds, expected) in pairs)
+        profile = tolerance_for(artifact.precision.value)
         with cls(artifact) as runner:
-            for index, (feeds, expected) in enumerate(zip(feeds_list, outputs_list, strict=True)):
-                problem = _compare(artifact, runner.infer(feeds), expected, f"reference #{index}")
-                if problem:
-                    return VerifyCheck(rel, "parity", "failed", problem)
+            report = compare_runs(runner, cases, profile=profile, fail_fast=True)
+        if not report.passed:
+            problem = _mismatch(report.failures[0], artifact.precision.value)
+            return VerifyCheck(rel, "parity", "failed", problem)
     except BackendUnavailableError as exc:
         return VerifyCheck(rel, "parity", "skipped", str(exc))
     except Exception as exc:  # a swapped file may not even load: that is a failed check
@@ -192,22 +193,13 @@ def _artifact_from_entry(path: Path, entry: dict) -> Artifact:
     )
 
 
-def _compare(artifact: Artifact, got: dict, expected: dict, case: str) -> str:
-    from torchship.exporter.parity import compare_arrays
-    from torchship.runtimes.tolerance import tolerance_for
-
-    profile = tolerance_for(artifact.precision.value)
-    for name, reference in expected.items():
-        if name not in got:
-            return f"output {name!r} missing on {case}; the artifact returned {sorted(got)}"
-        if got[name].shape != reference.shape:
-            shapes = f"shape {list(got[name].shape)}, stored {list(reference.shape)}"
-            return f"output {name!r} on {case}: {shapes}"
-        result = compare_arrays(case, name, reference, got[name], profile)
-        if not result.passed:
-            return (
-                f"output {name!r} on {case}: max abs err {result.max_abs:.3g}, cosine "
-                f"{result.cosine:.6g} (profile {artifact.precision.value}) — does not match the "
-                "stored reference outputs"
-            )
-    return ""
+def _mismatch(c: OutputComparison, profile: str) -> str:
+    if c.missing:
+        return f"output {c.output!r} missing on {c.case}; the artifact returned {list(c.returned)}"
+    if c.shape_mismatch:
+        shapes = f"shape {list(c.actual_shape or ())}, stored {list(c.shape)}"
+        return f"output {c.output!r} on {c.case}: {shapes}"
+    return (
+        f"output {c.output!r} on {c.case}: max abs err {c.max_abs:.3g}, cosine "
+        f"{c.cosine:.6g} (profile {profile}) — does not match the stored reference outputs"
+    )

@@ -19,8 +19,8 @@ from torchship.exporter import (
     export_model,
     require_parity,
 )
-from torchship.exporter.parity import compare_arrays
 from torchship.loaded import LoadedModel
+from torchship.runtimes.compare import compare_arrays
 from torchship.specs import InputSpec
 
 FP32 = TOLERANCES.get("fp32")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from torchship.cli.main import main
+from torchship.exporter.reference import OUTPUTS_FILE, load_reference, save_reference
 from torchship.files import sha256_file
 
 
@@ -104,18 +105,52 @@ def test_swapped_artifact_is_caught_by_its_hash(bundle, capsys):
 
 def test_swapped_artifact_with_a_forged_manifest_fails_parity(bundle, capsys):
     swap_in_other_weights(bundle)
-    manifest_path = bundle / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    path = bundle / "model.onnx"
-    for entry in manifest["files"] + manifest["artifacts"]:
-        if entry.get("path") == "model.onnx":
-            entry["sha256"] = sha256_file(path)
-            entry["size_bytes"] = path.stat().st_size
-    manifest_path.write_text(json.dumps(manifest))
+    forge_manifest(bundle, "model.onnx")
     code, text = verify(bundle, capsys)
     assert code == 1
     assert "model.onnx: parity failed: output 'logits' on reference #0" in text
     assert "does not match the stored reference outputs" in text
+
+
+def forge_manifest(bundle, name: str) -> None:
+    """Record the current size and sha256 of `name`, as a forger would."""
+    manifest_path = bundle / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    path = bundle / name
+    for entry in manifest["files"] + manifest["artifacts"]:
+        if entry.get("path") == name:
+            entry["sha256"] = sha256_file(path)
+            entry["size_bytes"] = path.stat().st_size
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def rewrite_reference_outputs(bundle, change) -> None:
+    """Store `change(outputs)` for every reference case, with a manifest that matches."""
+    feeds_list, outputs_list = load_reference(bundle)
+    outputs_list = [change(outputs) for outputs in outputs_list]
+    save_reference(bundle, feeds_list=feeds_list, outputs_list=outputs_list)
+    forge_manifest(bundle, OUTPUTS_FILE)
+
+
+def test_stored_output_the_artifact_does_not_return_is_named(bundle, capsys):
+    rewrite_reference_outputs(bundle, lambda outputs: {"scores": outputs["logits"]})
+    code, text = verify(bundle, capsys)
+    assert code == 1
+    assert (
+        "model.onnx: parity failed: output 'scores' missing on reference #0; the artifact "
+        "returned ['logits']" in text
+    ), text
+
+
+def test_stored_output_of_another_shape_is_named(bundle, capsys):
+    rewrite_reference_outputs(bundle, lambda outputs: {"logits": outputs["logits"][:, :3]})
+    code, text = verify(bundle, capsys)
+    assert code == 1
+    assert re.search(
+        r"model\.onnx: parity failed: output 'logits' on reference #0: shape \[\d+, (\d+)\], "
+        r"stored \[\d+, 3\]",
+        text,
+    ), text
 
 
 def test_not_a_bundle_exits_2(tmp_path, capsys):
