@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from torchship.data import Batch, DataSet, ShortBatch, check_label_range
+from torchship.data import Batch, DataSet, ShortBatch, check_labels
 from torchship.errors import CalibrationError
 
 __all__ = ["EvalOutputs", "Accuracy", "run_eval", "compare_accuracy", "near_chance_warning"]
@@ -85,7 +85,7 @@ def run_eval(model_path: Path, data: DataSet, *, threads: int | None = None) -> 
         out = out.reshape(out.shape[0], -1) if out.ndim != 2 else out
         rows.append(out[: batch.samples])
         if batch.labels is not None:
-            check_label_range(batch.labels, out.shape[1], what=batch.origin)
+            check_labels(batch.labels, what=batch.origin, classes=out.shape[1])
             labels.append(batch.labels)
     del session
     logits = np.concatenate(rows).astype(np.float32)

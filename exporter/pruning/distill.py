@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from torchship.data import check_label_range
+from torchship.data import LABELS_KEY, check_labels
 from torchship.errors import CalibrationError, ConfigError
-from torchship.exporter.pruning.importance import LABELS_KEY, check_training_data, iterate_batches
+from torchship.exporter.pruning.importance import check_training_data, iterate_batches
 from torchship.loaded import LoadedModel, eval_mode
 
 __all__ = ["RecoveryMode", "DistillConfig", "TrainReport", "recover", "evaluate_accuracy"]
@@ -154,7 +154,7 @@ def _loss(logits, inputs, labels, teacher, config: DistillConfig) -> torch.Tenso
         )
     ce = None
     if labels is not None:
-        check_label_range(labels, logits.shape[1], what="training data")
+        check_labels(labels, what="training data", classes=logits.shape[1])
         ce = F.cross_entropy(logits, labels)
     if config.mode is RecoveryMode.FINETUNE:
         return ce
@@ -185,7 +185,7 @@ def evaluate_accuracy(
             logits = model.module(*inputs)
             if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
                 raise ConfigError("accuracy needs a classifier returning [batch, classes] logits")
-            check_label_range(labels, logits.shape[1], what="eval data")
+            check_labels(labels, what="eval data", classes=logits.shape[1])
             correct += int((logits.argmax(dim=1) == labels).sum())
             seen += len(labels)
     return correct / seen
