@@ -12,10 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from torchship.data import Batch, DataSet, ShortBatch, check_label_range
+from torchship.artifact import Artifact, Format
+from torchship.data import DataSet
 from torchship.errors import CalibrationError
+from torchship.runtimes.evaluate import EvalOutputs, evaluate
 
-__all__ = ["EvalOutputs", "Accuracy", "run_eval", "compare_accuracy", "near_chance_warning"]
+__all__ = ["Accuracy", "run_eval", "compare_accuracy", "near_chance_warning"]
 
 #: Slack when comparing a drop with its budget: 4 of 400 samples is a 1.0-point drop, exactly.
 BUDGET_TOLERANCE = 1e-9
@@ -25,17 +27,6 @@ _CHANCE_MARGIN = 0.05
 
 def within_budget(drop: float, max_drop: float) -> bool:
     return drop <= max_drop + BUDGET_TOLERANCE
-
-
-@dataclass(frozen=True)
-class EvalOutputs:
-    """The first output of a model over an eval set (rows = samples), the labels if any, and
-    the sha256 of the samples that pass fed (two passes must see the same data)."""
-
-    logits: np.ndarray
-    labels: np.ndarray | None
-    sha256: str = ""
-    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -68,41 +59,9 @@ class Accuracy:
 
 
 def run_eval(model_path: Path, data: DataSet, *, threads: int | None = None) -> EvalOutputs:
-    """Run `model_path` on every eval batch with ORT (CPU); keeps only the first output."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        options.intra_op_num_threads = threads
-    session = onnxruntime.InferenceSession(
-        str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
-    )
-    first = session.get_outputs()[0].name
-    rows, labels = [], []
-    for batch in data.batches(short=ShortBatch.PAD):  # padding rows are cut from the outputs
-        out = _run_batch(session, first, batch, Path(model_path).name)
-        out = out.reshape(out.shape[0], -1) if out.ndim != 2 else out
-        rows.append(out[: batch.samples])
-        if batch.labels is not None:
-            check_label_range(batch.labels, out.shape[1], what=batch.origin)
-            labels.append(batch.labels)
-    del session
-    logits = np.concatenate(rows).astype(np.float32)
-    if labels and len(labels) != len(rows):
-        raise CalibrationError(f"{data.name}: only some files carry {'labels'!r}")
-    return EvalOutputs(logits, np.concatenate(labels) if labels else None, data.sha256, data.name)
-
-
-def _run_batch(session, output: str, batch: Batch, model_name: str) -> np.ndarray:
-    try:
-        return np.asarray(session.run([output], batch.feeds)[0])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        lines = str(exc).strip().splitlines()
-        raise CalibrationError(
-            f"{batch.origin}: {model_name} failed on this batch: {type(exc).__name__}: "
-            f"{lines[0] if lines else ''}"
-        ) from exc
+    """The first output of the ONNX model at `model_path` on every eval batch, on `ort-cpu`."""
+    artifact = Artifact(Path(model_path), Format.ONNX, data.inputs, ())
+    return evaluate(artifact, data, runtime="ort-cpu", threads=threads)
 
 
 def compare_accuracy(candidate: EvalOutputs, reference: EvalOutputs) -> Accuracy:

@@ -29,9 +29,11 @@ from torchship.calibration.accuracy import (
 from torchship.calibration.calibrators import METHODS, compute_ranges, write_trt_table
 from torchship.calibration.inspect_int8 import count_ops
 from torchship.calibration.presets import get_preset
+from torchship.calibration.proof import bench_vs_fp32, parity_vs_fp32
 from torchship.calibration.sensitivity import FallbackResult, fallback_loop
 from torchship.data import DataSet, open_data
 from torchship.errors import ConfigError
+from torchship.files import atomic_write_json
 from torchship.specs import random_feeds
 
 __all__ = ["Mode", "QuantizeOptions", "QuantizeResult", "quantize", "open_source"]
@@ -113,7 +115,7 @@ def quantize(
     `out` is a directory, or a `.onnx` file path (its directory receives the other files).
     A missed accuracy budget still writes the best artifact; `passed` is then False.
     """
-    from torchship.files import atomic_write_json
+    # torchship.manifest and torchship.staging import torch: see _manifest
     from torchship.manifest import write_manifest
     from torchship.staging import staged_output
 
@@ -165,7 +167,7 @@ def _output_paths(source: Artifact, out: str | Path | None, opts: QuantizeOption
 
 def _check_output(source: Artifact, out_dir: Path, file_name: str, opts: QuantizeOptions) -> None:
     """Refuse outputs that would overwrite the FP32 source or another command's manifest."""
-    from torchship.manifest import MANIFEST_NAME
+    from torchship.manifest import MANIFEST_NAME  # imports torch: see _manifest
 
     target = out_dir / file_name
     if target.resolve() == source.path.resolve():
@@ -361,8 +363,6 @@ class _Run:
         return details
 
     def _prove(self, artifact: Artifact, precision: Precision) -> None:
-        from torchship.calibration.proof import bench_vs_fp32, parity_vs_fp32
-
         counts = count_ops(artifact.path)
         self.report["op_counts"] = counts.to_dict()
         artifact.details["op_counts"] = counts.to_dict()
@@ -408,6 +408,8 @@ def _as_dataset(data: DataLike, source: Artifact, *, samples: int | None, seed: 
 
 
 def _manifest(stage: Path, source: Artifact, artifact: Artifact, report: dict, command) -> dict:
+    # torchship.manifest and torchship.loaded import torch; the CLI builds its parser from this
+    # package (METHODS, PRESETS), which must not pay for torch on every command.
     from torchship.loaded import LoadedModel
     from torchship.manifest import build_manifest
 

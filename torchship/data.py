@@ -27,7 +27,7 @@ from torchship.specs import InputSpec
 
 __all__ = [
     "LABELS_KEY",
-    "check_label_range",
+    "check_labels",
     "top1_accuracy",
     "Batch",
     "DataSet",
@@ -368,7 +368,7 @@ def _split(
     total = _sample_count(origin, chunk)
     labels = chunk.get(LABELS_KEY)
     if labels is not None:
-        labels = _checked_labels(origin, labels)
+        labels = check_labels(labels, what=origin)
     for start in range(0, total, batch_size):
         stop = min(start + batch_size, total)
         feeds = {s.name: np.ascontiguousarray(chunk[s.name][start:stop]) for s in inputs}
@@ -376,40 +376,60 @@ def _split(
         yield Batch(feeds, f"{origin} samples {start}..{stop - 1}", batch_labels)
 
 
-def _checked_labels(origin: str, labels: np.ndarray) -> np.ndarray:
-    """Class indices as int64; one-hot, float or negative labels are refused, not guessed at.
-    The upper bound (the number of classes) is checked against the logits at eval time."""
-    where = f"{origin}: {LABELS_KEY!r}"
+def check_labels(
+    labels, *, what: str, samples: int | None = None, classes: int | None = None
+) -> np.ndarray:
+    """`labels` (numpy or a CPU tensor) as int64 class ids, else a one-line CalibrationError
+    naming `what`.
+
+    The one label rule of every labelled set: quantize's eval data, pruning's training and eval
+    data, the pipelines' eval data. A 1-D array, one integer class id per sample (`samples`,
+    when given), each >= 0 and below `classes` (the width of the model's first output) when
+    that is known. Whole-number floats (3.0, as a float array saved by hand holds them) are the
+    class ids they spell and are accepted; fractional, non-finite, boolean or non-numeric
+    values and one-hot rows are refused, not guessed at.
+    """
+    labels = np.asarray(labels)
     if labels.ndim != 1:
         raise CalibrationError(
-            f"{where} has shape {list(labels.shape)}; expected 1-D class indices (one per "
-            "sample); for one-hot labels save labels.argmax(axis=1)"
+            f"{what}: {LABELS_KEY!r} has shape {list(labels.shape)}; expected 1-D class ids, "
+            "one per sample (for one-hot labels save labels.argmax(axis=1))"
         )
-    if not np.issubdtype(labels.dtype, np.integer):
+    if samples is not None and len(labels) != samples:
         raise CalibrationError(
-            f"{where} has dtype {labels.dtype}; expected integer class indices "
-            "(save labels.astype(np.int64))"
+            f"{what}: arrays disagree on the number of samples: {len(labels)} {LABELS_KEY!r} "
+            f"for {samples} samples; expected one label per sample"
         )
-    if labels.size and labels.min() < 0:
-        raise CalibrationError(
-            f"{where}: label {int(labels.min())} is negative; expected class indices 0..N-1"
-        )
-    return labels.astype(np.int64, copy=False)
-
-
-def check_label_range(labels, classes: int, *, what: str) -> None:
-    """CalibrationError unless every label (numpy or CPU tensor) is a class id in
-    [0, classes), `classes` being the width of the model's first output."""
-    labels = np.asarray(labels)
-    if not labels.size:
-        return
-    low, high = int(labels.min()), int(labels.max())
-    bad = low if low < 0 else high if high >= classes else None
-    if bad is not None:
+    ids = _class_ids(labels, what=what)
+    if not ids.size:
+        return ids
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 and classes is None:
+        raise CalibrationError(f"{what}: label {low} is negative; expected class ids 0..N-1")
+    if low < 0 or (classes is not None and high >= classes):
+        bad = low if low < 0 else high
         raise CalibrationError(
             f"{what}: label {bad} is out of range: the model has {classes} classes, labels must "
             f"be 0..{classes - 1} (1-based labels? subtract 1)"
         )
+    return ids
+
+
+def _class_ids(labels: np.ndarray, *, what: str) -> np.ndarray:
+    """`labels` as int64 when every value is a whole number of an integer or float dtype."""
+    if np.issubdtype(labels.dtype, np.integer):
+        return labels.astype(np.int64, copy=False)
+    if np.issubdtype(labels.dtype, np.floating):
+        fractional = ~np.isfinite(labels) | (labels != np.round(labels))
+        if not fractional.any():
+            return labels.astype(np.int64)
+        reason = f"{labels[fractional][0]} is not a whole number"
+    else:
+        reason = f"e.g. {labels[:1].tolist()}"
+    raise CalibrationError(
+        f"{what}: {LABELS_KEY!r} has dtype {labels.dtype}; expected integer class ids "
+        f"({reason}; save labels.astype(np.int64) once they are ids)"
+    )
 
 
 def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:

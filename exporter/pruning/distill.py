@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from torchship.data import check_label_range
+from torchship.data import LABELS_KEY, check_labels
 from torchship.errors import CalibrationError, ConfigError
-from torchship.exporter.pruning.importance import LABELS_KEY, check_training_data, iterate_batches
+from torchship.exporter.pruning.importance import check_training_data, iterate_batches
 from torchship.loaded import LoadedModel, eval_mode
+from torchship.runtimes.evaluate import evaluate
 
 __all__ = ["RecoveryMode", "DistillConfig", "TrainReport", "recover", "evaluate_accuracy"]
 
@@ -154,7 +155,7 @@ def _loss(logits, inputs, labels, teacher, config: DistillConfig) -> torch.Tenso
         )
     ce = None
     if labels is not None:
-        check_label_range(labels, logits.shape[1], what="training data")
+        check_labels(labels, what="training data", classes=logits.shape[1])
         ce = F.cross_entropy(logits, labels)
     if config.mode is RecoveryMode.FINETUNE:
         return ce
@@ -174,18 +175,19 @@ def _loss(logits, inputs, labels, teacher, config: DistillConfig) -> torch.Tenso
 def evaluate_accuracy(
     model: LoadedModel, data: dict[str, np.ndarray], *, batch_size: int = 256
 ) -> float | None:
-    """Eager top-1 accuracy on `data` (None when it has no labels)."""
+    """Top-1 accuracy of the eager model on `data` (None when it has no labels).
+
+    Runs the model as an eager artifact on the `torch` runtime through the evaluator, so the
+    readers' checks and the label rule are those of every other accuracy torchship reports.
+    """
     if LABELS_KEY not in data:
         return None
     check_training_data(data, model.inputs, what="eval data")
-    eval_mode(model.module)
-    correct, seen = 0, 0
-    with torch.inference_mode():
-        for inputs, labels in iterate_batches(data, model.inputs, batch_size=batch_size):
-            logits = model.module(*inputs)
-            if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-                raise ConfigError("accuracy needs a classifier returning [batch, classes] logits")
-            check_label_range(labels, logits.shape[1], what="eval data")
-            correct += int((logits.argmax(dim=1) == labels).sum())
-            seen += len(labels)
-    return correct / seen
+    # As the training batches do: inputs take the model's dtypes, extra arrays are not inputs.
+    arrays = {s.name: np.asarray(data[s.name]).astype(s.np_dtype, copy=False) for s in model.inputs}
+    arrays[LABELS_KEY] = np.asarray(data[LABELS_KEY])
+    try:
+        outputs = evaluate(model.eager(), arrays, runtime="torch", batch_size=batch_size)
+    except CalibrationError as exc:
+        raise CalibrationError(f"eval data: {exc}") from None
+    return outputs.top1()

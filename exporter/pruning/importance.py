@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch_pruning as tp
 
-from torchship.data import LABELS_KEY, check_label_range
+from torchship.data import LABELS_KEY, check_labels
 from torchship.errors import CalibrationError, ConfigError
 from torchship.loaded import eval_mode
 from torchship.registry import Registry
@@ -24,7 +24,6 @@ from torchship.specs import InputSpec
 __all__ = [
     "IMPORTANCES",
     "ImportanceSpec",
-    "LABELS_KEY",
     "accumulate_taylor_gradients",
     "check_training_data",
     "iterate_batches",
@@ -64,11 +63,11 @@ def check_training_data(
             f"{what}: no array for input {missing[0]!r}; arrays given: {sorted(data)}"
         )
     counts = {name: len(np.asarray(data[name])) for name in [s.name for s in specs]}
-    if LABELS_KEY in data:
-        counts[LABELS_KEY] = _check_label_array(np.asarray(data[LABELS_KEY]), what=what)
     if len(set(counts.values())) != 1:
         raise CalibrationError(f"{what}: arrays disagree on the number of samples: {counts}")
     count = next(iter(counts.values()))
+    if LABELS_KEY in data:
+        check_labels(data[LABELS_KEY], what=what, samples=count)
     if count == 0:
         raise CalibrationError(f"{what}: holds no samples")
     for spec in specs:
@@ -79,24 +78,6 @@ def check_training_data(
                 f"expected rank {len(spec.shape) - 1} like {list(spec.shape[1:])}"
             )
     return count
-
-
-def _check_label_array(labels: np.ndarray, *, what: str) -> int:
-    """CalibrationError unless `labels` is 1-D and holds whole numbers; returns its length."""
-    if labels.ndim != 1:
-        raise CalibrationError(
-            f"{what}: '{LABELS_KEY}' must be 1-D class ids, got shape {list(labels.shape)}"
-        )
-    if not np.issubdtype(labels.dtype, np.integer):
-        numeric = np.issubdtype(labels.dtype, np.floating)
-        bad = ~np.isfinite(labels) | (labels != np.round(labels)) if numeric else None
-        if not numeric or bad.any():
-            example = labels[bad][0] if numeric else labels[:1].tolist()
-            raise CalibrationError(
-                f"{what}: '{LABELS_KEY}' must be integer class ids, got {labels.dtype} "
-                f"(e.g. {example})"
-            )
-    return len(labels)
 
 
 def iterate_batches(
@@ -149,6 +130,6 @@ def accumulate_taylor_gradients(
                 "importance 'taylor' needs a classifier returning one [batch, classes] tensor"
             )
         if labels is not None:
-            check_label_range(labels, logits.shape[1], what="training data")
+            check_labels(labels, what="training data", classes=logits.shape[1])
         targets = labels if labels is not None else logits.detach().argmax(dim=1)
         torch.nn.functional.cross_entropy(logits, targets).backward()

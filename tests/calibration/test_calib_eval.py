@@ -10,10 +10,11 @@ import pytest
 from onnx import TensorProto, helper
 
 from torchship.calibration import open_data
-from torchship.calibration.accuracy import EvalOutputs, compare_accuracy, run_eval
+from torchship.calibration.accuracy import compare_accuracy, run_eval
 from torchship.calibration.calibrators import compute_ranges
 from torchship.calibration.sensitivity import fallback_loop
 from torchship.errors import CalibrationError
+from torchship.runtimes.evaluate import EvalOutputs
 from torchship.specs import InputSpec
 
 X3 = InputSpec("x", "float32", (4, 3), dynamic={0: "batch"})

@@ -76,9 +76,9 @@ def test_bad_training_data_and_settings_are_rejected():
     ("labels", "match"),
     [
         (np.arange(1, 17) % 11, "label 10 is out of range: the model has 10 classes"),
-        (np.full(16, -1), "label -1 is out of range"),
-        (np.zeros((16, 1), np.int64), r"'labels' must be 1-D class ids, got shape \[16, 1\]"),
-        (np.full(16, 1.5), "'labels' must be integer class ids, got float64"),
+        (np.full(16, -1), "label -1 is negative; expected class ids 0..N-1"),
+        (np.zeros((16, 1), np.int64), r"'labels' has shape \[16, 1\]; expected 1-D class ids"),
+        (np.full(16, 1.5), r"'labels' has dtype float64; expected integer class ids \(1.5 is not"),
     ],
 )
 def test_labels_that_are_not_class_ids_are_rejected(labels, match):
