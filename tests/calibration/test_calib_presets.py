@@ -1,4 +1,4 @@
-"""Target presets: the registry, the settings the measurements in docs/design.md call for, and `auto`."""
+"""Target presets: the registry, the settings docs/design.md's measurements call for, `auto`."""
 
 from __future__ import annotations
 
