@@ -215,7 +215,7 @@ def _bench(args, *, console: Console, argv) -> int:
     if args.json != "-":  # high-CV warnings are logged by the bench layer itself
         console.print(bench_table(document))
     if args.json:
-        dump_json(args.json, document, console)
+        dump_json(args.json, document.to_dict(), console)
     if args.save_baseline:
         from torchship.cli.regress import save_baseline_from_args
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 
 from torchship.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError
+from torchship.runtimes import BenchDocument
 
 __all__ = ["register", "save_baseline_from_args", "ship_pipeline"]
 
@@ -215,7 +216,7 @@ def _init(args, *, console: Console, argv) -> int:
 # --- hooks for torchship/commands.py ------------------------------------------------------------
 
 
-def save_baseline_from_args(args, document: dict, console: Console) -> None:
+def save_baseline_from_args(args, document: BenchDocument, console: Console) -> None:
     """`bench --save-baseline NAME [--baseline-dir DIR]`: file the document as a baseline."""
     from torchship.regression.baselines import save_baseline
 

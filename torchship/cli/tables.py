@@ -11,6 +11,8 @@ from pathlib import Path
 from rich import box
 from rich.table import Table
 
+from torchship.runtimes import BenchDocument
+
 __all__ = ["ship_table", "bench_table", "doctor_table", "human_size"]
 
 
@@ -60,7 +62,7 @@ def ship_table(rows: Sequence, *, batch: int) -> Table:
     return table
 
 
-def bench_table(document: dict) -> Table:
+def bench_table(document: BenchDocument) -> Table:
     table = Table(title="torchship bench")
     for column in (
         "artifact",
@@ -76,20 +78,20 @@ def bench_table(document: dict) -> Table:
         "iters",
     ):
         table.add_column(column, justify="left" if column in ("artifact", "runtime") else "right")
-    for r in document["results"]:
-        lat = r["latency_ms"]
+    for r in document.results:
+        stats = r.stats
         table.add_row(
-            Path(r["artifact"]).name,
-            r["runtime"],
-            r["precision"],
-            str(r["batch"]),
-            f"{lat['p50']:.3f}",
-            f"{lat['p90']:.3f}",
-            f"{lat['p99']:.3f}",
-            f"{lat['cv']:.1%}",
-            f"{r['throughput_per_s']:.1f}",
-            f"{r['cold_start_ms']:.1f}",
-            str(r["iters"]),
+            Path(r.artifact).name,
+            r.runtime,
+            r.precision,
+            str(r.batch),
+            f"{stats.p50:.3f}",
+            f"{stats.p90:.3f}",
+            f"{stats.p99:.3f}",
+            f"{stats.cv:.1%}",
+            f"{r.throughput_per_s:.1f}",
+            f"{r.cold_start_ms:.1f}",
+            str(r.iters),
         )
     return table
 

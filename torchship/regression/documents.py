@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ from rich.text import Text
 
 from torchship.errors import ConfigError
 from torchship.regression.stats import CompareConfig, Comparison, Verdict, compare_samples
+from torchship.runtimes.bench import BenchDocument, BenchResult
 
 __all__ = [
     "COMPARE_SCHEMA",
@@ -103,15 +104,15 @@ class DocumentComparison:
 
 
 def compare_documents(
-    baseline: Mapping[str, Any],
-    candidate: Mapping[str, Any],
+    baseline: BenchDocument,
+    candidate: BenchDocument,
     *,
     config: CompareConfig | None = None,
     strict: bool = False,
 ) -> DocumentComparison:
     """Per-row verdicts. Different fingerprints warn, or raise ConfigError when `strict`."""
     config = config or CompareConfig()
-    fp_base, fp_cand = baseline.get("fingerprint"), candidate.get("fingerprint")
+    fp_base, fp_cand = baseline.fingerprint, candidate.fingerprint
     if fp_base != fp_cand:
         message = (
             f"baseline fingerprint {fp_base} differs from candidate {fp_cand} (another machine or "
@@ -138,11 +139,11 @@ def compare_documents(
 
 def _compare_row(
     key: _Key,
-    base_rows: Mapping[_Key, Mapping[str, Any]],
-    cand_rows: Mapping[_Key, Mapping[str, Any]],
+    base_rows: Mapping[_Key, BenchResult],
+    cand_rows: Mapping[_Key, BenchResult],
     config: CompareConfig,
 ) -> Comparison:
-    base, cand = base_rows[key].get("samples_ms"), cand_rows[key].get("samples_ms")
+    base, cand = base_rows[key].samples_ms, cand_rows[key].samples_ms
     try:
         return compare_samples(base, cand, config=config)
     except ConfigError as exc:
@@ -150,44 +151,35 @@ def _compare_row(
 
 
 def _keyed_rows(
-    baseline: Mapping[str, Any], candidate: Mapping[str, Any]
-) -> tuple[dict[_Key, Mapping[str, Any]], dict[_Key, Mapping[str, Any]]]:
+    baseline: BenchDocument, candidate: BenchDocument
+) -> tuple[dict[_Key, BenchResult], dict[_Key, BenchResult]]:
     """Both documents' rows by key. A (runtime, precision, batch) that either document holds
     more than once is qualified by the artifact path in both, so the two keep matching."""
-    base, cand = _results("baseline", baseline), _results("candidate", candidate)
-    crowded = _crowded(base) | _crowded(cand)
-    return _by_key("baseline", base, crowded), _by_key("candidate", cand, crowded)
+    crowded = _crowded(baseline.results) | _crowded(candidate.results)
+    return (
+        _by_key("baseline", baseline.results, crowded),
+        _by_key("candidate", candidate.results, crowded),
+    )
 
 
-def _results(side: str, document: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    results = document.get("results", [])
-    if not isinstance(results, list) or not all(isinstance(r, Mapping) for r in results):
-        raise ConfigError(f"{side} document: 'results' must be a list of objects")
-    for index, result in enumerate(results):
-        missing = [k for k in ("runtime", "batch") if k not in result]
-        if missing:
-            raise ConfigError(f"{side} document: results[{index}] is missing {', '.join(missing)}")
-    return results
+def _short_key(result: BenchResult) -> _Key:
+    return str(result.runtime), str(result.precision), f"batch {result.batch}"
 
 
-def _short_key(result: Mapping[str, Any]) -> _Key:
-    return str(result["runtime"]), str(result.get("precision", "fp32")), f"batch {result['batch']}"
-
-
-def _crowded(results: list[Mapping[str, Any]]) -> set[_Key]:
+def _crowded(results: Sequence[BenchResult]) -> set[_Key]:
     keys = [_short_key(r) for r in results]
     return {k for k in keys if keys.count(k) > 1}
 
 
 def _by_key(
-    side: str, results: list[Mapping[str, Any]], crowded: set[_Key]
-) -> dict[_Key, Mapping[str, Any]]:
-    keyed: dict[_Key, Mapping[str, Any]] = {}
+    side: str, results: Sequence[BenchResult], crowded: set[_Key]
+) -> dict[_Key, BenchResult]:
+    keyed: dict[_Key, BenchResult] = {}
     for result in results:
         key = _short_key(result)
         if key in crowded:
             # the path as written, not its file name: old/model.onnx and new/model.onnx differ
-            key = (*key, str(result.get("artifact", "?")))
+            key = (*key, str(result.artifact))
         if key in keyed:
             raise ConfigError(
                 f"{side} document: two rows for {' / '.join(key)}; cannot tell which to compare"
