@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from torchship.cli.main import main
-from torchship.cli.regress import regress_artifacts
+from torchship.regression.regress import regress_artifacts
 
 FAST = ["--rounds", "6", "--iters", "15", "--warmup", "3", "--threads", "1", "--batch", "8"]
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 
 from torchship.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError
+from torchship.regression.regress import regress_artifacts
 from torchship.runtimes import BenchDocument
 
 __all__ = ["register", "save_baseline_from_args", "ship_pipeline"]
@@ -60,11 +61,8 @@ def _compare(args, *, console: Console, argv) -> int:
 
 def _emit(result, args, console: Console) -> int:
     from torchship.cli.main import dump_json
-    from torchship.regression.documents import (
-        comparison_junit,
-        comparison_markdown,
-        comparison_table,
-    )
+    from torchship.cli.tables import comparison_table
+    from torchship.regression.documents import comparison_junit, comparison_markdown
 
     to_stdout = "-" in (args.json, args.markdown, args.junit)
     if not to_stdout:
@@ -130,31 +128,6 @@ def _regress(args, *, console: Console, argv) -> int:
             threshold_pct=args.threshold, inputs=specs_from_args(args) or None,
         )  # fmt: skip
     return _emit(result, args, console)
-
-
-def regress_artifacts(a, b, *, threshold_pct: float, inputs=None, iters: int, **timing):
-    """Interleaved A/B of two artifact files, as a one-row DocumentComparison."""
-    from torchship.api import open_artifacts
-    from torchship.regression.documents import DocumentComparison, RowComparison
-    from torchship.regression.stats import CompareConfig, compare_rounds
-    from torchship.runtimes.interleaved import interleaved_ab
-
-    config = CompareConfig(threshold_pct=threshold_pct)
-    rounds = timing.get("rounds")
-    if rounds is not None and rounds < config.min_rounds:
-        # fewer rounds can only ever be inconclusive, so the gate could never fail
-        raise ConfigError(f"--rounds {rounds}: a verdict needs at least {config.min_rounds} rounds")
-    first, second = open_artifacts([a, b], inputs=inputs)
-    ab = interleaved_ab(first, second, iters_per_round=iters, **timing)
-    verdict = compare_rounds(ab.a_rounds, ab.b_rounds, config=config)
-    runtimes = ab.runtime if ab.runtime_b == ab.runtime else f"{ab.runtime} vs {ab.runtime_b}"
-    key = (
-        runtimes,
-        second.precision.value,
-        f"batch {ab.batch}",
-        f"{Path(a).name} -> {Path(b).name}",
-    )
-    return DocumentComparison((RowComparison(key, verdict),), None, None, threshold_pct)
 
 
 # --- verify -----------------------------------------------------------------------------------

@@ -10,10 +10,12 @@ from pathlib import Path
 
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
+from torchship.regression.documents import DocumentComparison, ci_text
 from torchship.runtimes import BenchDocument
 
-__all__ = ["ship_table", "bench_table", "doctor_table", "human_size"]
+__all__ = ["ship_table", "bench_table", "doctor_table", "comparison_table", "human_size"]
 
 
 def human_size(num_bytes: int) -> str:
@@ -102,4 +104,28 @@ def doctor_table(facts: dict) -> Table:
     table.add_column("value")
     for key, value in facts.items():
         table.add_row(key, value)
+    return table
+
+
+_VERDICT_STYLE = {"slower": "bold red", "faster": "green", "same": "", "inconclusive": "yellow"}
+
+
+def comparison_table(result: DocumentComparison) -> Table:
+    table = Table(title=f"torchship compare (threshold {result.threshold_pct:g}%)")
+    for column in ("row", "baseline p50 ms", "candidate p50 ms", "change", "99% CI", "verdict"):
+        table.add_column(column, justify="left" if column in ("row", "verdict") else "right")
+    for row in result.rows:
+        c = row.comparison
+        if c is None:
+            table.add_row(row.label, "-", "-", "-", "-", row.verdict)
+            continue
+        style = _VERDICT_STYLE.get(c.verdict.value, "")
+        table.add_row(
+            row.label,
+            f"{c.baseline_p50:.3f}",
+            f"{c.candidate_p50:.3f}",
+            f"{c.change_pct:+.1f}%",
+            ci_text(c),
+            Text(c.verdict.value, style=style),
+        )
     return table
