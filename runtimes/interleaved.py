@@ -11,7 +11,7 @@ clocks, both are timed on the host wall clock instead, so the ratio compares lik
 `ABResult.clock` says which clock was used.
 
 Why one session at a time: two sessions timed alternately in one process disturb each other
-through spinning intra-op thread pools (a 1.7x gap once read as 1.04x; DESIGN.md). Each round
+through spinning intra-op thread pools (a 1.7x gap once read as 1.04x; docs/design.md). Each round
 loads one side, times it and releases it before the other side loads; ORT runners run with
 spinning off (their default).
 """
@@ -30,7 +30,7 @@ import numpy as np
 
 from torchship.artifact import Artifact
 from torchship.errors import ConfigError
-from torchship.runtimes.base import Runner, default_runtime_for, require_available
+from torchship.runtimes.base import Runner, default_runtime_for, get_runner, require_available
 from torchship.runtimes.bench import feeds_for_batch, runner_timer
 from torchship.runtimes.stats import Stats
 from torchship.runtimes.timing import HostTimer, Timer, measure
@@ -217,8 +217,6 @@ def _clock_of(cls: type[Runner]) -> str:
 
 
 def _runs(runtime: str, artifact: Artifact) -> bool:
-    from torchship.runtimes.base import get_runner
-
     return artifact.format in get_runner(runtime).formats
 
 
