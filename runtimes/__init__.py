@@ -13,6 +13,7 @@ from torchship.runtimes.base import (
 )
 from torchship.runtimes.bench import (
     BenchConfig,
+    BenchDocument,
     BenchResult,
     bench_document,
     bench_many,
@@ -33,6 +34,7 @@ __all__ = [
     "HIGH_CV",
     "BenchConfig",
     "BenchResult",
+    "BenchDocument",
     "bench_runner",
     "bench_many",
     "bench_document",

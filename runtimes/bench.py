@@ -1,6 +1,7 @@
 """Benchmark one artifact on one runtime: cold start, latency samples, stats, fingerprints.
 
-Results are saved as JSON documents of schema `torchship.bench/1` (docs/design.md).
+Results stay typed (`BenchResult`, `BenchDocument`) until a writer calls `to_dict()`; on disk they
+are JSON documents of schema `torchship.bench/1` (docs/design.md, "Bench result").
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import json
 import logging
 import resource
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -30,6 +31,7 @@ __all__ = [
     "BENCH_SCHEMA",
     "BenchConfig",
     "BenchResult",
+    "BenchDocument",
     "bench_runner",
     "bench_many",
     "bench_document",
@@ -41,8 +43,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BENCH_SCHEMA = "torchship.bench/1"
+#: What every `results[]` entry of a document holds; the other fields may be left out.
 _RESULT_KEYS = ("runtime", "artifact", "sha256", "batch", "latency_ms", "samples_ms")
-_OPTIONAL_KEYS = ("timing", "host_latency_ms")
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class BenchConfig:
             raise ConfigError("give iters or min_time_s to bound the timing loop")
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class BenchResult:
     """One `results[]` entry of a `torchship.bench/1` document.
 
@@ -79,29 +81,45 @@ class BenchResult:
     on a GPU it is compute throughput. GPU results also carry `host_latency_ms`: the host wall
     time of each whole call, copies included (end to end); CPU results, whose `latency_ms` is
     already host time, leave it out.
+
+    `bench_runner` fills every field. A result read from a document needs only the keys in
+    `_RESULT_KEYS`; a hand-written or trimmed document may leave the rest out (None, precision
+    fp32). The samples are kept as written: `torchship.regression` checks them when it compares.
     """
 
     runtime: str
     artifact: str
     sha256: str
-    format: str
-    precision: str
+    format: str | None = None
+    precision: str = "fp32"
     batch: int
-    threads: int | None
+    threads: int | None = None
     latency_ms: dict[str, float]
-    throughput_per_s: float
-    cold_start_ms: float
+    throughput_per_s: float | None = None
+    cold_start_ms: float | None = None
     #: The process's peak resident set so far (ru_maxrss), not this runtime's own footprint.
-    peak_rss_mb: float
+    peak_rss_mb: float | None = None
     samples_ms: list[float]
-    warmup: int
-    iters: int
+    warmup: int | None = None
+    iters: int | None = None
     timing: dict[str, Any] = field(default_factory=dict)
     host_latency_ms: dict[str, float] | None = None
 
     @property
     def stats(self) -> Stats:
         return Stats.from_dict(self.latency_ms)
+
+    @property
+    def p50_ms(self) -> float:
+        return float(self.latency_ms["p50"])
+
+    @property
+    def p90_ms(self) -> float:
+        return float(self.latency_ms["p90"])
+
+    @property
+    def p99_ms(self) -> float:
+        return float(self.latency_ms["p99"])
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -110,12 +128,68 @@ class BenchResult:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BenchResult:
-        names = cls.__dataclass_fields__
-        missing = [k for k in names if k not in data and k not in _OPTIONAL_KEYS]
+    def from_dict(cls, data: Mapping[str, Any]) -> BenchResult:
+        missing = _missing_result_keys(data)
         if missing:
             raise ConfigError(f"bench result is missing {', '.join(missing)}")
-        return cls(**{k: data[k] for k in names if k in data})
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def _missing_result_keys(data: object) -> list[str]:
+    return [k for k in _RESULT_KEYS if not isinstance(data, Mapping) or k not in data]
+
+
+@dataclass(frozen=True)
+class BenchDocument:
+    """A `torchship.bench/1` document: results and the machine + software that measured them.
+
+    `fingerprint` is `fingerprint_key(machine, software)`: results are comparable across
+    documents with the same one. `created` is an ISO 8601 UTC time. A document read from a file
+    may lack both (None) and the machine and software facts ({}).
+    """
+
+    schema: ClassVar[str] = BENCH_SCHEMA
+
+    results: tuple[BenchResult, ...]
+    machine: dict[str, Any] = field(default_factory=dict)
+    software: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str | None = None
+    created: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "results", tuple(self.results))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document: schema, creation time, fingerprint, machine, software, results."""
+        return {
+            "schema": self.schema,
+            "created": self.created,
+            "fingerprint": self.fingerprint,
+            "machine": self.machine,
+            "software": self.software,
+            "results": [r.to_dict() for r in self.results],
+        }
+
+    @classmethod
+    def from_dict(cls, data: object, *, source: str = "bench document") -> BenchDocument:
+        """The document in `data`; ConfigError starting with `source` when it is not one."""
+        schema = data.get("schema") if isinstance(data, Mapping) else None
+        if schema != BENCH_SCHEMA:
+            raise ConfigError(f"{source}: schema {schema!r} found, {BENCH_SCHEMA!r} expected")
+        results = data.get("results")
+        if not isinstance(results, list):
+            raise ConfigError(f"{source}: 'results' must be a list")
+        for i, entry in enumerate(results):
+            missing = _missing_result_keys(entry)
+            if missing:
+                raise ConfigError(f"{source}: results[{i}] is missing {', '.join(missing)}")
+        return cls(
+            results=tuple(BenchResult.from_dict(entry) for entry in results),
+            machine=data.get("machine") or {},
+            software=data.get("software") or {},
+            fingerprint=data.get("fingerprint"),
+            created=data.get("created"),
+        )
 
 
 def bench_runner(
@@ -198,20 +272,19 @@ def bench_many(
     return results
 
 
-def bench_document(results: Sequence[BenchResult]) -> dict[str, Any]:
-    """The full JSON document: schema, creation time, machine, software, results."""
+def bench_document(results: Sequence[BenchResult]) -> BenchDocument:
+    """`results` with this machine's and software's facts and the time, as one document."""
     machine, software = machine_fingerprint(), software_fingerprint()
-    return {
-        "schema": BENCH_SCHEMA,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "fingerprint": fingerprint_key(machine, software),
-        "machine": machine,
-        "software": software,
-        "results": [r.to_dict() for r in results],
-    }
+    return BenchDocument(
+        results=tuple(results),
+        machine=machine,
+        software=software,
+        fingerprint=fingerprint_key(machine, software),
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
 
 
-def load_bench_document(path: str | Path) -> dict[str, Any]:
+def load_bench_document(path: str | Path) -> BenchDocument:
     """Read a bench JSON file; ConfigError naming the file when it is not `torchship.bench/1`."""
     path = Path(path)
     try:
@@ -220,17 +293,7 @@ def load_bench_document(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read bench results ({exc.strerror})") from None
     except ValueError as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-    schema = data.get("schema") if isinstance(data, dict) else None
-    if schema != BENCH_SCHEMA:
-        raise ConfigError(f"{path}: schema {schema!r} found, {BENCH_SCHEMA!r} expected")
-    results = data.get("results")
-    if not isinstance(results, list):
-        raise ConfigError(f"{path}: 'results' must be a list")
-    for i, entry in enumerate(results):
-        missing = [k for k in _RESULT_KEYS if not isinstance(entry, dict) or k not in entry]
-        if missing:
-            raise ConfigError(f"{path}: results[{i}] is missing {', '.join(missing)}")
-    return data
+    return BenchDocument.from_dict(data, source=str(path))
 
 
 def feeds_for_batch(artifact: Artifact, *, batch: int, seed: int) -> dict[str, np.ndarray]:

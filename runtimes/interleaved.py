@@ -30,7 +30,7 @@ import numpy as np
 
 from torchship.artifact import Artifact
 from torchship.errors import ConfigError
-from torchship.runtimes.base import Runner, default_runtime_for, require_available
+from torchship.runtimes.base import Runner, default_runtime_for, get_runner, require_available
 from torchship.runtimes.bench import feeds_for_batch, runner_timer
 from torchship.runtimes.stats import Stats
 from torchship.runtimes.timing import HostTimer, Timer, measure
@@ -217,8 +217,6 @@ def _clock_of(cls: type[Runner]) -> str:
 
 
 def _runs(runtime: str, artifact: Artifact) -> bool:
-    from torchship.runtimes.base import get_runner
-
     return artifact.format in get_runner(runtime).formats
 
 

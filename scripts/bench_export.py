@@ -42,9 +42,9 @@ def run(min_time: float, threads: int | None) -> tuple[list[dict], list]:
                     {
                         "model": label,
                         "batch": batch,
-                        "torch_p50_ms": eager.latency_ms["p50"],
-                        "ort_p50_ms": ort.latency_ms["p50"],
-                        "ort_speedup": eager.latency_ms["p50"] / ort.latency_ms["p50"],
+                        "torch_p50_ms": eager.p50_ms,
+                        "ort_p50_ms": ort.p50_ms,
+                        "ort_speedup": eager.p50_ms / ort.p50_ms,
                     }
                 )
     return rows, results
@@ -67,7 +67,7 @@ def main() -> None:
             f"{r['ort_speedup']:>13.2f}x"
         )
     if args.json:
-        Path(args.json).write_text(json.dumps(bench_document(results), indent=2))
+        Path(args.json).write_text(json.dumps(bench_document(results).to_dict(), indent=2))
 
 
 if __name__ == "__main__":

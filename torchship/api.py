@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -13,6 +13,15 @@ from torchship.exporter import ExportOptions, export_model, require_parity
 from torchship.exporter.reference import save_references
 from torchship.loaded import LoadedModel
 from torchship.manifest import build_manifest, write_manifest
+from torchship.runtimes import (
+    BenchConfig,
+    BenchDocument,
+    bench_document,
+    bench_runner,
+    default_runtime_for,
+    get_runner,
+    require_available,
+)
 from torchship.sources import load_model
 from torchship.specs import InputSpec
 from torchship.staging import staged_output
@@ -84,17 +93,15 @@ def bench(
     artifacts: Sequence[Artifact | str | Path],
     *,
     runtimes: Sequence[str] | None = None,
-    config=None,
+    config: BenchConfig | None = None,
     inputs: Sequence[InputSpec] | None = None,
-    progress=None,
-) -> dict:
+    progress: Callable[[str], None] | None = None,
+) -> BenchDocument:
     """Benchmark each artifact on each runtime (default: the artifact format's runtime).
 
-    Returns the `torchship.bench/1` document (docs/design.md).
+    Returns the `torchship.bench/1` document (docs/design.md, "Bench result"); `to_dict()` is
+    its JSON. `progress(message)` hears which artifact, runtime and batch is being timed.
     """
-    from torchship.runtimes import BenchConfig, bench_document, bench_runner, default_runtime_for
-    from torchship.runtimes.base import get_runner, require_available
-
     config = config or BenchConfig()
     opened = [a if isinstance(a, Artifact) else Artifact.open(a, inputs=inputs) for a in artifacts]
     plan = []

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from torchship.fingerprint import machine_fingerprint, software_fingerprint
+from torchship.runtimes.base import RUNNERS, _import_backends
+
 __all__ = ["doctor_facts", "doctor_rows"]
 
 
 def doctor_facts() -> dict:
     """Runtimes (available or why not), ORT providers, versions, CPU model and ISA, GPU."""
-    from torchship.fingerprint import machine_fingerprint, software_fingerprint
-    from torchship.runtimes.base import RUNNERS, _import_backends
-
     _import_backends()
     runtimes = {}
     for name in RUNNERS:

@@ -21,6 +21,15 @@ from typing import Any
 
 import pytest
 
+from torchship.artifact import Artifact
+from torchship.errors import BackendUnavailableError
+from torchship.regression.baselines import load_baseline
+from torchship.regression.stats import CompareConfig, Comparison, Verdict, compare_samples
+from torchship.runtimes import BenchConfig, BenchDocument, BenchResult, bench_runner
+from torchship.runtimes.base import default_runtime_for, get_runner
+
+# Only light modules above: pytest loads this plugin in every run, so no torch at import.
+
 __all__ = ["LatencyChecker"]
 
 
@@ -40,14 +49,9 @@ class LatencyChecker:
         inputs: Sequence[Any] | None = None,
         threads: int | None = None,
         min_samples: int | None = None,
-    ):
+    ) -> BenchResult:
         """Benchmark one artifact for `--torchship-min-time`, and for at least `min_samples`
         timed calls when given; skips the test when its runtime is unavailable here."""
-        from torchship.artifact import Artifact
-        from torchship.errors import BackendUnavailableError
-        from torchship.runtimes import BenchConfig, bench_runner, default_runtime_for
-        from torchship.runtimes.base import get_runner
-
         opened = Artifact.open(artifact, inputs=inputs)
         runtime = runtime or default_runtime_for(opened.format)
         reason = get_runner(runtime).unavailable_reason()
@@ -73,16 +77,17 @@ class LatencyChecker:
         p90_ms: float | None = None,
         p99_ms: float | None = None,
         **options: Any,
-    ):
+    ) -> BenchResult:
         """Fail when a latency percentile is over its budget (ms). Returns the BenchResult."""
         budgets = {"p50": p50_ms, "p90": p90_ms, "p99": p99_ms}
         if all(v is None for v in budgets.values()):
             raise ValueError("give at least one of p50_ms, p90_ms, p99_ms")
         result = self.measure(artifact, **options)
+        measured = {"p50": result.p50_ms, "p90": result.p90_ms, "p99": result.p99_ms}
         over = [
-            f"{name} {result.latency_ms[name]:.3f} ms > budget {limit:g} ms"
+            f"{name} {measured[name]:.3f} ms > budget {limit:g} ms"
             for name, limit in budgets.items()
-            if limit is not None and result.latency_ms[name] > limit
+            if limit is not None and measured[name] > limit
         ]
         if over:
             pytest.fail(f"{Path(artifact).name} on {result.runtime}: " + "; ".join(over))
@@ -95,16 +100,13 @@ class LatencyChecker:
         baseline: str | Path,
         threshold_pct: float = 5.0,
         **options: Any,
-    ):
+    ) -> Comparison:
         """Fail when the artifact is slower than the matching row of a stored baseline."""
-        from torchship.regression.baselines import load_baseline
-        from torchship.regression.stats import CompareConfig, Verdict, compare_samples
-
         config = CompareConfig(threshold_pct=threshold_pct)
         result = self.measure(artifact, min_samples=config.min_samples, **options)
         document = load_baseline(baseline, root=self.baselines)
         row = _matching_row(document, result, baseline=str(baseline))
-        comparison = compare_samples(row["samples_ms"], result.samples_ms, config=config)
+        comparison = compare_samples(row.samples_ms, result.samples_ms, config=config)
         if comparison.verdict is Verdict.INCONCLUSIVE:
             # never a silent pass: an inconclusive check has checked nothing
             if comparison.n_baseline < config.min_samples:
@@ -125,25 +127,21 @@ class LatencyChecker:
         return comparison
 
 
-def _matching_row(document: dict, result, *, baseline: str) -> dict:
+def _matching_row(document: BenchDocument, result: BenchResult, *, baseline: str) -> BenchResult:
     """The baseline row for `result`: same (runtime, precision, batch), and, when several rows
     have that, the same artifact file name (then the same path). pytest.fail when none or many."""
     wanted = (result.runtime, result.precision, result.batch)
-    rows = [
-        row
-        for row in document.get("results", [])
-        if (row.get("runtime"), row.get("precision", "fp32"), row.get("batch")) == wanted
-    ]
+    rows = [row for row in document.results if (row.runtime, row.precision, row.batch) == wanted]
     name = Path(result.artifact).name
     if len(rows) > 1:
-        rows = [r for r in rows if PurePath(str(r.get("artifact"))).name == name]
+        rows = [r for r in rows if PurePath(str(r.artifact)).name == name]
     if len(rows) > 1:
-        rows = [r for r in rows if str(r.get("artifact")) == result.artifact] or rows
+        rows = [r for r in rows if str(r.artifact) == result.artifact] or rows
     label = f"{result.runtime}/{result.precision}/batch {result.batch}"
     if not rows:
         pytest.fail(f"baseline {baseline}: no row for {name} on {label}")
     if len(rows) > 1:
-        paths = ", ".join(str(r.get("artifact")) for r in rows)
+        paths = ", ".join(str(r.artifact) for r in rows)
         pytest.fail(f"baseline {baseline}: several rows for {label} match: {paths}")
     return rows[0]
 

@@ -11,6 +11,7 @@ from torchship.cli.main import main
 from torchship.errors import ConfigError
 from torchship.regression.baselines import find_baseline, load_baseline, save_baseline
 from torchship.regression.documents import compare_documents, comparison_junit, comparison_markdown
+from torchship.runtimes import BenchDocument
 
 RNG = np.random.default_rng(0)
 BASE = 10 * np.exp(RNG.normal(0, 0.05, 200))
@@ -32,6 +33,11 @@ def bench_doc(samples: dict[tuple[str, str, int], list[float]], *, fingerprint: 
     return {"schema": "torchship.bench/1", "fingerprint": fingerprint, "results": results}
 
 
+def typed(document: dict) -> BenchDocument:
+    """The JSON document as the library reads it (as `load_bench_document` returns it)."""
+    return BenchDocument.from_dict(document)
+
+
 def docs(slowdown: float, *, fingerprint: str = "fp-b"):
     base = bench_doc(
         {("ort-cpu", "fp32", 1): BASE, ("ort-cpu", "int8", 1): BASE}, fingerprint="fp-a"
@@ -45,7 +51,7 @@ def docs(slowdown: float, *, fingerprint: str = "fp-b"):
 
 def test_rows_get_their_own_verdicts():
     base, cand = docs(1.3, fingerprint="fp-a")
-    result = compare_documents(base, cand)
+    result = compare_documents(typed(base), typed(cand))
     verdicts = {r.key: r.verdict for r in result.rows}
     assert verdicts == {
         ("ort-cpu", "fp32", "batch 1"): "same",
@@ -55,7 +61,7 @@ def test_rows_get_their_own_verdicts():
 
 
 def test_renderings_agree(tmp_path):
-    result = compare_documents(*docs(1.3))
+    result = compare_documents(*map(typed, docs(1.3)))
     markdown = comparison_markdown(result)
     assert "**latency regression**" in markdown and "slower :x:" in markdown
     assert "different machines" in markdown
@@ -67,35 +73,35 @@ def test_renderings_agree(tmp_path):
 def test_missing_rows_are_reported_not_judged():
     base, cand = docs(1.0)
     cand["results"] = cand["results"][:1]
-    result = compare_documents(base, cand)
+    result = compare_documents(typed(base), typed(cand))
     assert [r.verdict for r in result.rows] == ["same", "missing in candidate"]
     assert result.passed
     cand["results"] = []
     with pytest.raises(ConfigError, match="no \\(runtime, precision, batch\\) row"):
-        compare_documents(base, cand)
+        compare_documents(typed(base), typed(cand))
 
 
 def test_different_fingerprints_warn_or_refuse(caplog):
     base, cand = docs(1.0)
-    compare_documents(base, cand)
+    compare_documents(typed(base), typed(cand))
     assert "fingerprint fp-a differs from candidate fp-b" in caplog.text
     with pytest.raises(ConfigError, match="refusing under --strict"):
-        compare_documents(base, cand, strict=True)
+        compare_documents(typed(base), typed(cand), strict=True)
 
 
 def test_baselines_are_filed_by_fingerprint(tmp_path, caplog):
     base, _ = docs(1.0)
-    path = save_baseline(base, "main", root=tmp_path)
+    path = save_baseline(typed(base), "main", root=tmp_path)
     assert path == tmp_path / "fp-a" / "main.json"
     assert find_baseline("main", root=tmp_path, fingerprint="fp-a") == path
-    assert load_baseline("main", root=tmp_path)["fingerprint"] == "fp-a"  # another machine: warns
+    assert load_baseline("main", root=tmp_path).fingerprint == "fp-a"  # another machine: warns
     assert "recorded under fingerprint fp-a" in caplog.text
     with pytest.raises(ConfigError, match="refusing under --strict"):
         find_baseline("main", root=tmp_path, fingerprint="fp-x", strict=True)
     with pytest.raises(ConfigError, match="no baseline named 'nope'.*known: main"):
         find_baseline("nope", root=tmp_path)
     with pytest.raises(ConfigError, match="baseline name '../x'"):
-        save_baseline(base, "../x", root=tmp_path)
+        save_baseline(typed(base), "../x", root=tmp_path)
 
 
 def write_docs(tmp_path, slowdown: float):
@@ -161,7 +167,7 @@ def test_pipeline_bench_json_matches_a_plain_bench_document():
         row("torch", "<eager>", SAME), row("torch", "model.pt2", SAME),
         row("ort-cpu", "model.onnx", SAME * 1.3),
     )  # fmt: skip
-    verdicts = {r.key: r.verdict for r in compare_documents(plain, pipeline).rows}
+    verdicts = {r.key: r.verdict for r in compare_documents(typed(plain), typed(pipeline)).rows}
     assert verdicts == {
         ("ort-cpu", "fp32", "batch 1"): "slower",
         ("torch", "fp32", "batch 1", "<eager>"): "missing in baseline",
@@ -172,14 +178,14 @@ def test_pipeline_bench_json_matches_a_plain_bench_document():
 def test_same_file_name_in_two_folders_keeps_two_rows():
     base = doc(row("ort-cpu", "new/model.onnx", BASE), row("ort-cpu", "old/model.onnx", BASE))
     cand = doc(row("ort-cpu", "new/model.onnx", SAME * 3), row("ort-cpu", "old/model.onnx", SAME))
-    verdicts = {r.key[-1]: r.verdict for r in compare_documents(base, cand).rows}
+    verdicts = {r.key[-1]: r.verdict for r in compare_documents(typed(base), typed(cand)).rows}
     assert verdicts == {"new/model.onnx": "slower", "old/model.onnx": "same"}
 
 
 def test_two_rows_with_one_key_are_refused():
     twice = doc(row("ort-cpu", "model.onnx", BASE), row("ort-cpu", "model.onnx", SAME))
     with pytest.raises(ConfigError, match="candidate document: two rows for .*/ model.onnx"):
-        compare_documents(doc(row("ort-cpu", "model.onnx", BASE)), twice)
+        compare_documents(typed(doc(row("ort-cpu", "model.onnx", BASE))), typed(twice))
 
 
 @pytest.mark.parametrize("samples", [["a", "b"], [[1.0, 2.0], [3.0]], None, {"x": 1}])
@@ -187,12 +193,12 @@ def test_samples_that_are_not_numbers_are_bad_input(samples):
     bad = doc(row("ort-cpu", "model.onnx", BASE))
     bad["results"][0]["samples_ms"] = samples
     with pytest.raises(ConfigError, match="row ort-cpu / fp32 / batch 1: candidate: latency"):
-        compare_documents(doc(row("ort-cpu", "model.onnx", BASE)), bad)
+        compare_documents(typed(doc(row("ort-cpu", "model.onnx", BASE))), typed(bad))
 
 
 def test_inconclusive_rows_are_valid_json_and_said_so(tmp_path, capsys):
     base, cand = doc(row("ort-cpu", "m.onnx", BASE[:5])), doc(row("ort-cpu", "m.onnx", SAME[:5]))
-    result = compare_documents(base, cand)
+    result = compare_documents(typed(base), typed(cand))
     text = json.dumps(result.to_dict(), allow_nan=False)  # NaN is not JSON
     assert json.loads(text)["rows"][0]["ci"] == [None, None]
     assert "inconclusive, fewer than 20 samples" in comparison_markdown(result)
@@ -218,24 +224,24 @@ def test_writing_onto_a_directory_is_bad_input(tmp_path, capsys):
 def test_baseline_names_and_fingerprints_are_checked_in_full(tmp_path):
     base, _ = docs(1.0)
     with pytest.raises(ConfigError, match="baseline name 'main\\\\n'"):
-        save_baseline(base, "main\n", root=tmp_path)
+        save_baseline(typed(base), "main\n", root=tmp_path)
     with pytest.raises(ConfigError, match="fingerprint '../../evil'"):
-        save_baseline({**base, "fingerprint": "../../evil"}, "main", root=tmp_path)
+        save_baseline(typed({**base, "fingerprint": "../../evil"}), "main", root=tmp_path)
     assert not any(tmp_path.iterdir())
 
 
 def test_a_folder_named_like_the_baseline_is_not_read_as_a_file(tmp_path, monkeypatch):
     base, _ = docs(1.0)
-    save_baseline(base, "main", root=tmp_path / "baselines")
+    save_baseline(typed(base), "main", root=tmp_path / "baselines")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "main").mkdir()
-    assert load_baseline("main", root=tmp_path / "baselines")["fingerprint"] == "fp-a"
+    assert load_baseline("main", root=tmp_path / "baselines").fingerprint == "fp-a"
 
 
 def test_the_newest_baseline_of_another_fingerprint_is_used(tmp_path, caplog):
     base, _ = docs(1.0)
-    older = save_baseline({**base, "fingerprint": "zz-old"}, "main", root=tmp_path)
-    newer = save_baseline({**base, "fingerprint": "aa-new"}, "main", root=tmp_path)
+    older = save_baseline(typed({**base, "fingerprint": "zz-old"}), "main", root=tmp_path)
+    newer = save_baseline(typed({**base, "fingerprint": "aa-new"}), "main", root=tmp_path)
     os.utime(older, (1_000_000, 1_000_000))
     assert find_baseline("main", root=tmp_path, fingerprint="fp-x") == newer
     assert "recorded under fingerprint aa-new (the newest of 2)" in caplog.text

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from torchship.cli.main import main
+from torchship.runtimes import BenchDocument, BenchResult
 
 pytest_plugins = ["pytester"]
 
@@ -95,15 +96,21 @@ def test_measure_times_at_least_min_samples(mlp_models):
 def test_baseline_rows_are_matched_on_the_artifact_too():
     from torchship.pytest_plugin import _matching_row
 
-    def row(artifact: str) -> dict:
-        return {"runtime": "ort-cpu", "precision": "fp32", "batch": 1, "artifact": artifact}
+    def row(artifact: str) -> BenchResult:
+        return BenchResult(
+            runtime="ort-cpu", precision="fp32", batch=1, artifact=artifact, sha256="0" * 64,
+            latency_ms={}, samples_ms=[],
+        )  # fmt: skip
+
+    def doc(*artifacts: str) -> BenchDocument:
+        return BenchDocument(results=tuple(row(a) for a in artifacts))
 
     result = SimpleNamespace(runtime="ort-cpu", precision="fp32", batch=1, artifact="b/heavy.onnx")
-    document = {"results": [row("a/light.onnx"), row("a/heavy.onnx")]}
-    assert _matching_row(document, result, baseline="main")["artifact"] == "a/heavy.onnx"
-    assert _matching_row({"results": [row("light.onnx")]}, result, baseline="main")
-    twice = {"results": [row("a/heavy.onnx"), row("c/heavy.onnx")]}
+    document = doc("a/light.onnx", "a/heavy.onnx")
+    assert _matching_row(document, result, baseline="main").artifact == "a/heavy.onnx"
+    assert _matching_row(doc("light.onnx"), result, baseline="main")
+    twice = doc("a/heavy.onnx", "c/heavy.onnx")
     with pytest.raises(pytest.fail.Exception, match="several rows .* a/heavy.onnx, c/heavy.onnx"):
         _matching_row(twice, result, baseline="main")
     with pytest.raises(pytest.fail.Exception, match="no row for heavy.onnx on ort-cpu/fp32/b"):
-        _matching_row({"results": [row("x.onnx"), row("y.onnx")]}, result, baseline="main")
+        _matching_row(doc("x.onnx", "y.onnx"), result, baseline="main")

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from torchship.cli.main import main
-from torchship.cli.regress import regress_artifacts
+from torchship.regression.regress import regress_artifacts
 
 FAST = ["--rounds", "6", "--iters", "15", "--warmup", "3", "--threads", "1", "--batch", "8"]
 
@@ -70,16 +70,15 @@ def test_missing_file_exits_2(tmp_path, capsys):
 
 
 def test_ship_json_to_stdout_is_only_json(monkeypatch, tmp_path, capsys):
-    import torchship.pipeline.bundle
-    import torchship.pipeline.config
+    import torchship.cli.ship
 
     gate = SimpleNamespace(name="parity", passed=True, detail="ok")
     result = SimpleNamespace(
         gates=[gate], bundle=tmp_path, passed=True, to_dict=lambda: {"passed": True}
     )
-    monkeypatch.setattr(torchship.pipeline.config, "load_pipeline", lambda path: path)
-    monkeypatch.setattr(torchship.pipeline.bundle, "run_pipeline", lambda config, **kw: result)
-    monkeypatch.setattr(torchship.pipeline.bundle, "require_pipeline", lambda result: None)
+    monkeypatch.setattr(torchship.cli.ship, "load_pipeline", lambda path: path)
+    monkeypatch.setattr(torchship.cli.ship, "run_pipeline", lambda config, **kw: result)
+    monkeypatch.setattr(torchship.cli.ship, "require_pipeline", lambda result: None)
     assert main(["ship", str(tmp_path / "pipeline.toml"), "--json", "-"]) == 0
     assert json.loads(capsys.readouterr().out) == {"passed": True}
     assert main(["ship", str(tmp_path / "pipeline.toml")]) == 0

@@ -11,6 +11,7 @@ from torchship.artifact import Artifact, Format
 from torchship.errors import BackendUnavailableError, ConfigError
 from torchship.runtimes import (
     BenchConfig,
+    BenchDocument,
     BenchResult,
     base,
     bench,
@@ -78,13 +79,39 @@ def test_bench_many_pairs_runtimes_with_formats(tiny_artifacts):
 
 def test_bench_document_round_trip(tiny_artifacts, tmp_path):
     result = bench_runner("torch", tiny_artifacts[Format.EAGER], config=FAST, batch=1)
-    document = bench_document([result])
+    typed = bench_document([result])
+    document = typed.to_dict()
     assert {"schema", "created", "fingerprint", "machine", "software", "results"} <= set(document)
     assert document["schema"] == "torchship.bench/1"
     assert set(document["results"][0]) == RESULT_KEYS
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(document))
-    assert load_bench_document(path)["results"][0]["runtime"] == "torch"
+    assert load_bench_document(path).results[0].runtime == "torch"
+    assert load_bench_document(path) == typed and BenchDocument.from_dict(document) == typed
+    # the JSON keeps its key order: documents diff cleanly against older ones
+    assert list(document) == ["schema", "created", "fingerprint", "machine", "software", "results"]
+    assert list(document["results"][0]) == [
+        "runtime", "artifact", "sha256", "format", "precision", "batch", "threads", "latency_ms",
+        "throughput_per_s", "cold_start_ms", "peak_rss_mb", "samples_ms", "warmup", "iters",
+        "timing",
+    ]  # fmt: skip
+    assert typed.results[0].p50_ms == document["results"][0]["latency_ms"]["p50"]
+
+
+def test_a_trimmed_document_reads_with_what_it_has():
+    entry = {
+        "runtime": "ort-cpu", "artifact": "m.onnx", "sha256": "0" * 64, "batch": 1,
+        "latency_ms": {"p50": 2.0}, "samples_ms": [2.0, 2.5],
+    }  # fmt: skip
+    document = BenchDocument.from_dict({"schema": "torchship.bench/1", "results": [entry]})
+    (result,) = document.results
+    assert result.precision == "fp32" and result.format is None and result.threads is None
+    assert result.p50_ms == 2.0 and result.samples_ms == [2.0, 2.5]
+    assert document.fingerprint is None and document.machine == {} and document.software == {}
+    with pytest.raises(ConfigError, match="bench result is missing sha256"):
+        BenchResult.from_dict({k: v for k, v in entry.items() if k != "sha256"})
+    with pytest.raises(ConfigError, match="bench document: 'results' must be a list"):
+        BenchDocument.from_dict({"schema": "torchship.bench/1", "results": {}})
 
 
 @pytest.mark.parametrize(

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 
-from torchship.errors import ConfigError
+from torchship.artifact import Precision
+from torchship.cli.flags import add_input_flags, dump_json, progress, specs_from_args
+from torchship.cli.tables import human_size
+from torchship.errors import EXIT_OK, ConfigError
+from torchship.exporter.engines import build_engine_file
+from torchship.runtimes.tensorrt.builder import EngineOptions, ShapeRange
 
-__all__ = ["register", "parse_shape_flags", "options_from_args"]
+__all__ = ["register_build_engine", "parse_shape_flags", "options_from_args"]
 
 _SHAPE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*):(\d+(?:x\d+)*)$")
 
 
-def register(commands) -> None:
-    from torchship.cli.commands import add_input_flags
-
+def register_build_engine(commands) -> None:
     p = commands.add_parser(
         "build-engine", help="build a TensorRT engine from ONNX (fp32/fp16/int8), parity-checked"
     )
@@ -71,10 +76,8 @@ def parse_shape_flags(flag: str, values: list[str]) -> dict[str, tuple[int, ...]
     return shapes
 
 
-def profiles_from_args(args: argparse.Namespace):
+def profiles_from_args(args: argparse.Namespace) -> tuple[ShapeRange, ...] | None:
     """ShapeRanges from --min/--opt/--max; an input needs all three (or none)."""
-    from torchship.runtimes.tensorrt.builder import ShapeRange
-
     given = {w: parse_shape_flags(w, getattr(args, w)) for w in ("min", "opt", "max")}
     names = set().union(*given.values())
     ranges = []
@@ -87,12 +90,7 @@ def profiles_from_args(args: argparse.Namespace):
     return tuple(ranges) or None
 
 
-def options_from_args(args: argparse.Namespace):
-    from pathlib import Path
-
-    from torchship.artifact import Precision
-    from torchship.runtimes.tensorrt.builder import EngineOptions
-
+def options_from_args(args: argparse.Namespace) -> EngineOptions:
     valid = [p.value for p in Precision]
     if args.precision not in valid:
         raise ConfigError(f"--precision {args.precision!r}: valid: {', '.join(valid)}")
@@ -110,12 +108,7 @@ def options_from_args(args: argparse.Namespace):
     )
 
 
-def _build_engine(args: argparse.Namespace, *, console: Console, argv) -> int:
-    from torchship.cli.commands import progress, specs_from_args
-    from torchship.cli.main import dump_json
-    from torchship.cli.tables import human_size
-    from torchship.exporter.engines import build_engine_file
-
+def _build_engine(args: argparse.Namespace, *, console: Console, argv: Sequence[str]) -> int:
     options = options_from_args(args)
     with progress(console) as step:
         step(f"building a {options.precision.value} TensorRT engine from {args.model}")
@@ -148,4 +141,4 @@ def _build_engine(args: argparse.Namespace, *, console: Console, argv) -> int:
             soft_wrap=True,
         )
         console.print(f"manifest: {result.manifest_path}", markup=False, soft_wrap=True)
-    return 0
+    return EXIT_OK

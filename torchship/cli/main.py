@@ -3,21 +3,37 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-import json
 import logging
 import sys
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.markup import escape
 
+from torchship.cli import bench, engine, export, prune, quantize, regress, ship, verify
 from torchship.errors import EXIT_CHECK_FAILED, EXIT_OK, ToolchainError
 
 __all__ = ["main", "build_parser"]
 
 log = logging.getLogger("torchship")
 _EXIT_INTERRUPTED = 130
+
+#: Every subcommand's `register(commands)`, in the order `torchship --help` lists them. Each
+#: adds its subparser with a `handler(args, *, console, argv) -> exit code` default.
+_COMMANDS = (
+    ship.register_ship,
+    export.register_export,
+    bench.register_bench,
+    bench.register_doctor,
+    regress.register_compare,
+    regress.register_regress,
+    verify.register_verify,
+    ship.register_init,
+    prune.register_prune,
+    quantize.register_quantize,
+    engine.register_build_engine,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,12 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("-v", "--verbose", action="store_true", help="show info logs")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from torchship.cli import commands as cmd
-
-    for register in cmd.REGISTER:
+    for register in _COMMANDS:
         register(commands)
-    for name in cmd.COMMAND_MODULES:
-        importlib.import_module(name).register(commands)
     return parser
 
 
@@ -73,8 +85,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _configure_logging(*, debug: bool, verbose: bool) -> None:
-    from rich.logging import RichHandler
-
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=debug)
     logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
@@ -84,15 +94,6 @@ def _configure_logging(*, debug: bool, verbose: bool) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
         # The dynamo ONNX exporter warns about every missing torchvision op on each export.
         logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-
-
-def dump_json(path: str, data: object, console: Console) -> None:
-    from torchship.files import atomic_write_json
-
-    if path == "-":
-        console.print_json(json.dumps(data))
-    else:
-        atomic_write_json(path, data)
 
 
 if __name__ == "__main__":  # pragma: no cover

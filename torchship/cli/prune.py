@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Sequence
+
 from rich.console import Console
 
-from torchship.cli.commands import add_input_flags, progress, specs_from_args
-from torchship.errors import ConfigError
+from torchship.cli.flags import add_input_flags, add_weights_flags, progress, specs_from_args
+from torchship.data import load_arrays
+from torchship.errors import EXIT_OK, ConfigError
+from torchship.exporter.pruning.channels import PruneConfig
+from torchship.exporter.pruning.distill import DistillConfig, RecoveryMode, evaluate_accuracy
+from torchship.exporter.pruning.run import prune
+from torchship.exporter.pruning.save import save_pruned
+from torchship.exporter.pruning.unstructured import prune_unstructured
+from torchship.sources import load_model
 
-__all__ = ["register"]
+__all__ = ["register_prune"]
 
 
-def register(commands) -> None:
+def register_prune(commands) -> None:
     p = commands.add_parser("prune", help="remove channels (folded before export) and recover")
     p.add_argument("model", help="demo | pkg.module:factory | file.py:factory")
     add_input_flags(p)
-    p.add_argument("--weights", help="state_dict file (torch.save) or .safetensors")
-    p.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="allow loading fully pickled models/weights (runs code from the file)",
-    )
+    add_weights_flags(p)
     amount = p.add_mutually_exclusive_group()
     amount.add_argument("--ratio", type=float, help="fraction of channels to remove per layer")
     amount.add_argument("--target-speedup", type=float, metavar="X", help="search the ratio")
@@ -46,10 +51,7 @@ def register(commands) -> None:
     p.set_defaults(handler=_prune)
 
 
-def _prune(args, *, console: Console, argv) -> int:
-    from torchship.data import load_arrays
-    from torchship.sources import load_model
-
+def _prune(args: argparse.Namespace, *, console: Console, argv: Sequence[str]) -> int:
     if args.batch < 1:
         raise ConfigError(f"--batch {args.batch}: must be >= 1")
     model = load_model(
@@ -67,11 +69,6 @@ def _prune(args, *, console: Console, argv) -> int:
 
 
 def _structured(args, model, ignore, train, evaluation, *, console, argv) -> int:
-    from torchship.exporter.pruning.channels import PruneConfig
-    from torchship.exporter.pruning.distill import DistillConfig, RecoveryMode
-    from torchship.exporter.pruning.run import prune
-    from torchship.exporter.pruning.save import save_pruned
-
     config = PruneConfig(
         ratio=args.ratio,
         importance=args.importance,
@@ -98,7 +95,7 @@ def _structured(args, model, ignore, train, evaluation, *, console, argv) -> int
     for artifact in saved.artifacts:
         console.print(f"{artifact.path}  {artifact.format.value}  parity: pass")
     console.print(f"manifest: {saved.manifest_path}")
-    return 0
+    return EXIT_OK
 
 
 def _print_summary(console: Console, outcome) -> None:
@@ -123,10 +120,6 @@ def _print_summary(console: Console, outcome) -> None:
 
 
 def _unstructured(args, model, ignore, evaluation, *, console, argv) -> int:
-    from torchship.exporter.pruning.distill import evaluate_accuracy
-    from torchship.exporter.pruning.save import save_pruned
-    from torchship.exporter.pruning.unstructured import prune_unstructured
-
     if args.target_speedup is not None or args.target_latency_ms is not None:
         raise ConfigError("--unstructured gives no speedup on dense runtimes; use --ratio")
     sparse, report = prune_unstructured(model, sparsity=args.ratio or 0.5, ignore=ignore)
@@ -136,4 +129,4 @@ def _unstructured(args, model, ignore, evaluation, *, console, argv) -> int:
     )
     console.print(f"global sparsity {report.global_sparsity:.2%}; note: {report.note}")
     console.print(f"manifest: {saved.manifest_path}")
-    return 0
+    return EXIT_OK

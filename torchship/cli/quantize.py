@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
 from rich.text import Text
 
+from torchship.calibration import METHODS, PRESETS, QuantizeOptions, QuantizeResult, quantize
+from torchship.cli.flags import dump_json, progress
 from torchship.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError
 
-__all__ = ["register"]
+__all__ = ["register_quantize"]
 
 
-def register(commands) -> None:
-    from torchship.calibration.calibrators import METHODS
-    from torchship.calibration.presets import PRESETS
-
+def register_quantize(commands) -> None:
     p = commands.add_parser(
         "quantize", help="INT8 (static/dynamic) or FP16 through ONNX Runtime, accuracy-checked"
     )
@@ -50,11 +50,7 @@ def register(commands) -> None:
     p.set_defaults(handler=_quantize)
 
 
-def _quantize(args: argparse.Namespace, *, console: Console, argv) -> int:
-    from torchship.calibration import QuantizeOptions, quantize
-    from torchship.cli.commands import progress
-    from torchship.cli.main import dump_json
-
+def _quantize(args: argparse.Namespace, *, console: Console, argv: Sequence[str]) -> int:
     _check_json_path(args.json)
     options = QuantizeOptions(
         target=args.target,
@@ -99,7 +95,7 @@ def _check_json_path(path: str | None) -> None:
         raise ConfigError(f"--json {path}: {existing} is a file, not a folder")
 
 
-def _print_summary(console: Console, result) -> None:
+def _print_summary(console: Console, result: QuantizeResult) -> None:
     report = result.report
     accuracy, counts = report["accuracy"], report["op_counts"]
     preset = (report.get("preset") or {}).get("name")

@@ -10,8 +10,12 @@ from pathlib import Path
 
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
-__all__ = ["ship_table", "bench_table", "doctor_table", "human_size"]
+from torchship.regression.documents import DocumentComparison, ci_text
+from torchship.runtimes import BenchDocument
+
+__all__ = ["ship_table", "bench_table", "doctor_table", "comparison_table", "human_size"]
 
 
 def human_size(num_bytes: int) -> str:
@@ -60,7 +64,7 @@ def ship_table(rows: Sequence, *, batch: int) -> Table:
     return table
 
 
-def bench_table(document: dict) -> Table:
+def bench_table(document: BenchDocument) -> Table:
     table = Table(title="torchship bench")
     for column in (
         "artifact",
@@ -76,20 +80,20 @@ def bench_table(document: dict) -> Table:
         "iters",
     ):
         table.add_column(column, justify="left" if column in ("artifact", "runtime") else "right")
-    for r in document["results"]:
-        lat = r["latency_ms"]
+    for r in document.results:
+        stats = r.stats
         table.add_row(
-            Path(r["artifact"]).name,
-            r["runtime"],
-            r["precision"],
-            str(r["batch"]),
-            f"{lat['p50']:.3f}",
-            f"{lat['p90']:.3f}",
-            f"{lat['p99']:.3f}",
-            f"{lat['cv']:.1%}",
-            f"{r['throughput_per_s']:.1f}",
-            f"{r['cold_start_ms']:.1f}",
-            str(r["iters"]),
+            Path(r.artifact).name,
+            r.runtime,
+            r.precision,
+            str(r.batch),
+            f"{stats.p50:.3f}",
+            f"{stats.p90:.3f}",
+            f"{stats.p99:.3f}",
+            f"{stats.cv:.1%}",
+            f"{r.throughput_per_s:.1f}",
+            f"{r.cold_start_ms:.1f}",
+            str(r.iters),
         )
     return table
 
@@ -100,4 +104,28 @@ def doctor_table(facts: dict) -> Table:
     table.add_column("value")
     for key, value in facts.items():
         table.add_row(key, value)
+    return table
+
+
+_VERDICT_STYLE = {"slower": "bold red", "faster": "green", "same": "", "inconclusive": "yellow"}
+
+
+def comparison_table(result: DocumentComparison) -> Table:
+    table = Table(title=f"torchship compare (threshold {result.threshold_pct:g}%)")
+    for column in ("row", "baseline p50 ms", "candidate p50 ms", "change", "99% CI", "verdict"):
+        table.add_column(column, justify="left" if column in ("row", "verdict") else "right")
+    for row in result.rows:
+        c = row.comparison
+        if c is None:
+            table.add_row(row.label, "-", "-", "-", "-", row.verdict)
+            continue
+        style = _VERDICT_STYLE.get(c.verdict.value, "")
+        table.add_row(
+            row.label,
+            f"{c.baseline_p50:.3f}",
+            f"{c.candidate_p50:.3f}",
+            f"{c.change_pct:+.1f}%",
+            ci_text(c),
+            Text(c.verdict.value, style=style),
+        )
     return table

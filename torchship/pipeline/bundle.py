@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -216,11 +216,12 @@ def _measure(config: PipelineConfig, model, artifacts, stage: Path, step):
                 results.append(result)
                 rows.append(_row(label, artifact, runtime, batch, accuracy, result))
     _add_speedups(rows)
-    document = bench_document(results)
-    for entry in document["results"]:
-        if entry["artifact"] != "<eager>":
-            entry["artifact"] = Path(entry["artifact"]).relative_to(stage).as_posix()
-    atomic_write_json(stage / "bench.json", document)
+    in_bundle = [
+        r if r.artifact == "<eager>" else replace(r, artifact=_rel_path(Path(r.artifact), stage))
+        for r in results
+    ]
+    document = bench_document(in_bundle)
+    atomic_write_json(stage / "bench.json", document.to_dict())
     return rows, document
 
 

@@ -119,7 +119,7 @@ def ship_demo(
         artifacts += quantized + pruned + engines
         rows, results = _measure(artifacts, stage, *test, config=config, step=step)
         bench = bench_document(results)
-        atomic_write_json(stage / "bench.json", bench)
+        atomic_write_json(stage / "bench.json", bench.to_dict())
         passed = all(a.details.get("passed", True) for a in artifacts[1:])
         report = ShipReport(Path(out_dir), tuple(rows), config.batches[0], bench, passed)
         atomic_write_json(stage / "report.json", report.to_dict())

@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from torchship.errors import ConfigError
 from torchship.files import atomic_write_json
+from torchship.fingerprint import fingerprint_key, machine_fingerprint, software_fingerprint
+from torchship.runtimes.bench import BenchDocument, load_bench_document
 
 __all__ = [
     "DEFAULT_ROOT",
@@ -45,22 +45,20 @@ def baseline_root(root: str | os.PathLike | None = None) -> Path:
 
 
 def current_fingerprint() -> str:
-    from torchship.fingerprint import fingerprint_key, machine_fingerprint, software_fingerprint
-
     return fingerprint_key(machine_fingerprint(), software_fingerprint())
 
 
 def save_baseline(
-    document: Mapping[str, Any], name: str, *, root: str | os.PathLike | None = None
+    document: BenchDocument, name: str, *, root: str | os.PathLike | None = None
 ) -> Path:
     """File a bench document as baseline `name` under its own fingerprint; returns the path."""
     _check_name(name)
-    fingerprint = document.get("fingerprint")
+    fingerprint = document.fingerprint
     if not isinstance(fingerprint, str) or not fingerprint:
         raise ConfigError("the bench document has no fingerprint; cannot file it as a baseline")
     _check_fingerprint(fingerprint)
     path = baseline_root(root) / fingerprint / f"{name}.json"
-    atomic_write_json(path, dict(document))
+    atomic_write_json(path, document.to_dict())
     log.info("saved baseline %r to %s", name, path)
     return path
 
@@ -108,10 +106,8 @@ def load_baseline(
     *,
     root: str | os.PathLike | None = None,
     strict: bool = False,
-) -> dict[str, Any]:
+) -> BenchDocument:
     """A bench document from a JSON file path, or else from the stored baseline of that name."""
-    from torchship.runtimes import load_bench_document
-
     path = Path(name_or_path)
     if path.suffix == ".json" or path.is_file():
         return load_bench_document(path)

@@ -1,33 +1,31 @@
-"""Compare two `torchship.bench/1` documents row by row, and render the verdicts.
+"""Compare two `torchship.bench/1` documents row by row, and write the verdicts as text.
 
 Rows are matched on (runtime, precision, batch); when either document holds several artifacts with
 the same such key, the artifact path (as written in the document) joins that key in both.
-Renderings: a rich table, JSON, Markdown (for a PR comment) and JUnit XML (for CI), all from the
-same `DocumentComparison`.
+Writers: JSON (`DocumentComparison.to_dict`), Markdown (for a PR comment) and JUnit XML (for CI),
+all from the same `DocumentComparison`; the CLI draws the terminal table.
 """
 
 from __future__ import annotations
 
 import logging
-import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rich.table import Table
-from rich.text import Text
-
 from torchship.errors import ConfigError
+from torchship.junit import CaseStatus, JUnitCase, junit_xml
 from torchship.regression.stats import CompareConfig, Comparison, Verdict, compare_samples
+from torchship.runtimes.bench import BenchDocument, BenchResult
 
 __all__ = [
     "COMPARE_SCHEMA",
     "RowComparison",
     "DocumentComparison",
     "compare_documents",
-    "comparison_table",
     "comparison_markdown",
     "comparison_junit",
+    "ci_text",
 ]
 
 log = logging.getLogger(__name__)
@@ -103,15 +101,15 @@ class DocumentComparison:
 
 
 def compare_documents(
-    baseline: Mapping[str, Any],
-    candidate: Mapping[str, Any],
+    baseline: BenchDocument,
+    candidate: BenchDocument,
     *,
     config: CompareConfig | None = None,
     strict: bool = False,
 ) -> DocumentComparison:
     """Per-row verdicts. Different fingerprints warn, or raise ConfigError when `strict`."""
     config = config or CompareConfig()
-    fp_base, fp_cand = baseline.get("fingerprint"), candidate.get("fingerprint")
+    fp_base, fp_cand = baseline.fingerprint, candidate.fingerprint
     if fp_base != fp_cand:
         message = (
             f"baseline fingerprint {fp_base} differs from candidate {fp_cand} (another machine or "
@@ -138,11 +136,11 @@ def compare_documents(
 
 def _compare_row(
     key: _Key,
-    base_rows: Mapping[_Key, Mapping[str, Any]],
-    cand_rows: Mapping[_Key, Mapping[str, Any]],
+    base_rows: Mapping[_Key, BenchResult],
+    cand_rows: Mapping[_Key, BenchResult],
     config: CompareConfig,
 ) -> Comparison:
-    base, cand = base_rows[key].get("samples_ms"), cand_rows[key].get("samples_ms")
+    base, cand = base_rows[key].samples_ms, cand_rows[key].samples_ms
     try:
         return compare_samples(base, cand, config=config)
     except ConfigError as exc:
@@ -150,44 +148,35 @@ def _compare_row(
 
 
 def _keyed_rows(
-    baseline: Mapping[str, Any], candidate: Mapping[str, Any]
-) -> tuple[dict[_Key, Mapping[str, Any]], dict[_Key, Mapping[str, Any]]]:
+    baseline: BenchDocument, candidate: BenchDocument
+) -> tuple[dict[_Key, BenchResult], dict[_Key, BenchResult]]:
     """Both documents' rows by key. A (runtime, precision, batch) that either document holds
     more than once is qualified by the artifact path in both, so the two keep matching."""
-    base, cand = _results("baseline", baseline), _results("candidate", candidate)
-    crowded = _crowded(base) | _crowded(cand)
-    return _by_key("baseline", base, crowded), _by_key("candidate", cand, crowded)
+    crowded = _crowded(baseline.results) | _crowded(candidate.results)
+    return (
+        _by_key("baseline", baseline.results, crowded),
+        _by_key("candidate", candidate.results, crowded),
+    )
 
 
-def _results(side: str, document: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    results = document.get("results", [])
-    if not isinstance(results, list) or not all(isinstance(r, Mapping) for r in results):
-        raise ConfigError(f"{side} document: 'results' must be a list of objects")
-    for index, result in enumerate(results):
-        missing = [k for k in ("runtime", "batch") if k not in result]
-        if missing:
-            raise ConfigError(f"{side} document: results[{index}] is missing {', '.join(missing)}")
-    return results
+def _short_key(result: BenchResult) -> _Key:
+    return str(result.runtime), str(result.precision), f"batch {result.batch}"
 
 
-def _short_key(result: Mapping[str, Any]) -> _Key:
-    return str(result["runtime"]), str(result.get("precision", "fp32")), f"batch {result['batch']}"
-
-
-def _crowded(results: list[Mapping[str, Any]]) -> set[_Key]:
+def _crowded(results: Sequence[BenchResult]) -> set[_Key]:
     keys = [_short_key(r) for r in results]
     return {k for k in keys if keys.count(k) > 1}
 
 
 def _by_key(
-    side: str, results: list[Mapping[str, Any]], crowded: set[_Key]
-) -> dict[_Key, Mapping[str, Any]]:
-    keyed: dict[_Key, Mapping[str, Any]] = {}
+    side: str, results: Sequence[BenchResult], crowded: set[_Key]
+) -> dict[_Key, BenchResult]:
+    keyed: dict[_Key, BenchResult] = {}
     for result in results:
         key = _short_key(result)
         if key in crowded:
             # the path as written, not its file name: old/model.onnx and new/model.onnx differ
-            key = (*key, str(result.get("artifact", "?")))
+            key = (*key, str(result.artifact))
         if key in keyed:
             raise ConfigError(
                 f"{side} document: two rows for {' / '.join(key)}; cannot tell which to compare"
@@ -196,30 +185,7 @@ def _by_key(
     return keyed
 
 
-# --- renderings -------------------------------------------------------------------------------
-
-_STYLE = {"slower": "bold red", "faster": "green", "same": "", "inconclusive": "yellow"}
-
-
-def comparison_table(result: DocumentComparison) -> Table:
-    table = Table(title=f"torchship compare (threshold {result.threshold_pct:g}%)")
-    for column in ("row", "baseline p50 ms", "candidate p50 ms", "change", "99% CI", "verdict"):
-        table.add_column(column, justify="left" if column in ("row", "verdict") else "right")
-    for row in result.rows:
-        c = row.comparison
-        if c is None:
-            table.add_row(row.label, "-", "-", "-", "-", row.verdict)
-            continue
-        style = _STYLE.get(c.verdict.value, "")
-        table.add_row(
-            row.label,
-            f"{c.baseline_p50:.3f}",
-            f"{c.candidate_p50:.3f}",
-            f"{c.change_pct:+.1f}%",
-            _ci_text(c),
-            Text(c.verdict.value, style=style),
-        )
-    return table
+# --- writers ----------------------------------------------------------------------------------
 
 
 def comparison_markdown(result: DocumentComparison) -> str:
@@ -238,7 +204,7 @@ def comparison_markdown(result: DocumentComparison) -> str:
         mark = " :x:" if c.regressed else ""
         lines.append(
             f"| {row.label} | {c.baseline_p50:.3f} | {c.candidate_p50:.3f} | "
-            f"{c.change_pct:+.1f}% | {_ci_text(c)} | {c.verdict.value}{mark} |"
+            f"{c.change_pct:+.1f}% | {ci_text(c)} | {c.verdict.value}{mark} |"
         )
     for row in result.inconclusive:
         lines += ["", f"> {row.label}: inconclusive, {row.comparison.note}."]
@@ -250,29 +216,21 @@ def comparison_markdown(result: DocumentComparison) -> str:
 def comparison_junit(result: DocumentComparison, *, suite: str = "torchship.compare") -> str:
     """JUnit XML: one testcase per row; a regression is a failure, a missing or inconclusive row
     is skipped."""
-    root = ET.Element(
-        "testsuite",
-        name=suite,
-        tests=str(len(result.rows)),
-        failures=str(len(result.regressions)),
-        skipped=str(sum(1 for r in result.rows if r.comparison is None) + len(result.inconclusive)),
-    )
-    for row in result.rows:
-        case = ET.SubElement(root, "testcase", classname=suite, name=row.label)
-        c = row.comparison
-        if c is None:
-            ET.SubElement(case, "skipped", message=row.verdict)
-        elif c.verdict is Verdict.INCONCLUSIVE:
-            ET.SubElement(case, "skipped", message=_summary(c))
-        elif c.regressed:
-            failure = ET.SubElement(case, "failure", message=_summary(c))
-            failure.text = _summary(c)
-        else:
-            ET.SubElement(case, "system-out").text = _summary(c)
-    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+    return junit_xml(suite, [_junit_case(row) for row in result.rows])
 
 
-def _ci_text(c: Comparison) -> str:
+def _junit_case(row: RowComparison) -> JUnitCase:
+    c = row.comparison
+    if c is None:
+        return JUnitCase(row.label, CaseStatus.SKIPPED, row.verdict)
+    if c.verdict is Verdict.INCONCLUSIVE:
+        return JUnitCase(row.label, CaseStatus.SKIPPED, _summary(c))
+    status = CaseStatus.FAILED if c.regressed else CaseStatus.PASSED
+    return JUnitCase(row.label, status, _summary(c))
+
+
+def ci_text(c: Comparison) -> str:
+    """The ratio's confidence interval as text, or why there is none (inconclusive)."""
     if c.verdict is Verdict.INCONCLUSIVE:
         return c.note or "-"
     return f"{c.ci_low:.3f}-{c.ci_high:.3f}"
@@ -281,5 +239,5 @@ def _ci_text(c: Comparison) -> str:
 def _summary(c: Comparison) -> str:
     return (
         f"{c.verdict.value}: p50 {c.baseline_p50:.3f} -> {c.candidate_p50:.3f} ms "
-        f"({c.change_pct:+.1f}%, ratio CI {_ci_text(c)}, threshold {c.threshold_pct:g}%)"
+        f"({c.change_pct:+.1f}%, ratio CI {ci_text(c)}, threshold {c.threshold_pct:g}%)"
     )
