@@ -70,16 +70,15 @@ def test_missing_file_exits_2(tmp_path, capsys):
 
 
 def test_ship_json_to_stdout_is_only_json(monkeypatch, tmp_path, capsys):
-    import torchship.pipeline.bundle
-    import torchship.pipeline.config
+    import torchship.pipeline
 
     gate = SimpleNamespace(name="parity", passed=True, detail="ok")
     result = SimpleNamespace(
         gates=[gate], bundle=tmp_path, passed=True, to_dict=lambda: {"passed": True}
     )
-    monkeypatch.setattr(torchship.pipeline.config, "load_pipeline", lambda path: path)
-    monkeypatch.setattr(torchship.pipeline.bundle, "run_pipeline", lambda config, **kw: result)
-    monkeypatch.setattr(torchship.pipeline.bundle, "require_pipeline", lambda result: None)
+    monkeypatch.setattr(torchship.pipeline, "load_pipeline", lambda path: path)
+    monkeypatch.setattr(torchship.pipeline, "run_pipeline", lambda config, **kw: result)
+    monkeypatch.setattr(torchship.pipeline, "require_pipeline", lambda result: None)
     assert main(["ship", str(tmp_path / "pipeline.toml"), "--json", "-"]) == 0
     assert json.loads(capsys.readouterr().out) == {"passed": True}
     assert main(["ship", str(tmp_path / "pipeline.toml")]) == 0

@@ -12,8 +12,8 @@ import torchship.pipeline.bundle
 from torchship.cli.main import main
 from torchship.errors import ConfigError
 from torchship.files import sha256_file
+from torchship.pipeline import load_pipeline
 from torchship.pipeline.bundle import run_pipeline
-from torchship.pipeline.config import load_pipeline
 
 BUNDLE_FILES = {
     "model.onnx", "model.ts", "reference_inputs.json", "reference_outputs.json", "bench.json",

@@ -80,7 +80,7 @@ def _register_ship(commands) -> None:
 def _ship(args, *, console: Console, argv) -> int:
     from torchship.cli.main import dump_json
     from torchship.cli.tables import ship_table
-    from torchship.pipeline.demo import ship_demo
+    from torchship.pipeline import ship_demo
     from torchship.runtimes import BenchConfig
 
     if args.config is not None:

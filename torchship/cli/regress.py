@@ -202,7 +202,7 @@ def _register_init(commands) -> None:
 
 def _init(args, *, console: Console, argv) -> int:
     from torchship.files import atomic_write_text
-    from torchship.pipeline.config import EXAMPLE_CONFIG
+    from torchship.pipeline import EXAMPLE_CONFIG
 
     path = Path(args.path)
     if path.exists() and not args.force:
@@ -228,8 +228,7 @@ def ship_pipeline(path: str, *, console: Console, argv, json_out: str | None) ->
     """`torchship ship pipeline.toml`: run it, print the gates, exit 1 on a failed gate."""
     from torchship.cli.commands import progress
     from torchship.cli.main import dump_json
-    from torchship.pipeline.bundle import require_pipeline, run_pipeline
-    from torchship.pipeline.config import load_pipeline
+    from torchship.pipeline import load_pipeline, require_pipeline, run_pipeline
 
     config = load_pipeline(path)
     with progress(console) as step:

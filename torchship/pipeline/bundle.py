@@ -25,7 +25,8 @@ from torchship.files import (
     atomic_write_text,
     check_replaceable_dir,
 )
-from torchship.pipeline.config import PipelineConfig, step_function
+from torchship.pipeline.registry import step_function
+from torchship.pipeline.schema import PipelineConfig
 
 __all__ = ["GateResult", "PipelineResult", "run_pipeline", "require_pipeline"]
 
