@@ -1,5 +1,5 @@
 """Release pipelines: the `pipeline.toml` schema, the steps and the bundle they write; the demo
-is a built-in pipeline.
+is a built-in plan run by the same runner.
 
 The public names load lazily (PEP 562): `torchship init` and config validation need only the
 schema, the parser and the template, not torch, which the steps import.
@@ -11,14 +11,12 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "GateResult": "torchship.pipeline.bundle",
-    "PipelineResult": "torchship.pipeline.bundle",
-    "require_pipeline": "torchship.pipeline.bundle",
-    "run_pipeline": "torchship.pipeline.bundle",
-    "ShipReport": "torchship.pipeline.demo",
-    "ShipRow": "torchship.pipeline.demo",
-    "runtimes_for": "torchship.pipeline.demo",
-    "ship_demo": "torchship.pipeline.demo",
+    "PipelineResult": "torchship.pipeline.results",
+    "GateResult": "torchship.pipeline.results",
+    "BundleRow": "torchship.pipeline.results",
+    "ShipReport": "torchship.pipeline.results",
+    "ShipRow": "torchship.pipeline.results",
+    "require_pipeline": "torchship.pipeline.results",
     "ModelSection": "torchship.pipeline.schema",
     "ExportSection": "torchship.pipeline.schema",
     "PruneSection": "torchship.pipeline.schema",
@@ -32,6 +30,17 @@ _EXPORTS = {
     "EXAMPLE_CONFIG": "torchship.pipeline.template",
     "STEPS": "torchship.pipeline.registry",
     "step_function": "torchship.pipeline.registry",
+    "Step": "torchship.pipeline.step",
+    "StepResult": "torchship.pipeline.step",
+    "StepContractError": "torchship.pipeline.step",
+    "PipelineState": "torchship.pipeline.step",
+    "Plan": "torchship.pipeline.plan",
+    "run_plan": "torchship.pipeline.plan",
+    "plan_for": "torchship.pipeline.bundle",
+    "run_pipeline": "torchship.pipeline.bundle",
+    "demo_plan": "torchship.pipeline.demo",
+    "ship_demo": "torchship.pipeline.demo",
+    "runtimes_for": "torchship.pipeline.steps.measure",
 }
 
 __all__ = sorted(_EXPORTS)

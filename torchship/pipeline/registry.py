@@ -16,7 +16,7 @@ __all__ = ["STEPS", "step_function"]
 STEPS: Registry[tuple[str, str]] = Registry("pipeline step")
 STEPS.register("prune")(("torchship.exporter.pruning.run", "prune"))
 STEPS.register("quantize")(("torchship.calibration.quantize", "quantize"))
-STEPS.register("engines")(("torchship.exporter.engines", "ship_engines"))
+STEPS.register("engines")(("torchship.exporter.engines", "build_engine_file"))
 
 
 def step_function(name: str) -> Any:
