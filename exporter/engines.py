@@ -39,7 +39,6 @@ __all__ = [
     "engine_output_path",
     "build_engine_file",
     "engine_parity",
-    "ship_engines",
 ]
 
 log = logging.getLogger(__name__)
@@ -147,37 +146,6 @@ def require_engine_parity(engine: Artifact, reference: Artifact) -> dict:
         raise ParityError(result.report.message())
     log.info(result.report.message())
     return result.to_dict()
-
-
-def ship_engines(
-    onnx: Artifact,
-    out_dir: str | Path,
-    *,
-    precisions: Sequence[Precision] = (Precision.FP32, Precision.FP16),
-    int8_onnx: Artifact | None = None,
-    command: Sequence[str] | None = None,
-) -> list[Artifact]:
-    """Engines for `torchship ship` when TensorRT and a GPU are here; [] (logged) otherwise.
-
-    fp32/fp16 are built from `onnx`; int8 from `int8_onnx` (the `tensorrt`-preset Q/DQ ONNX).
-    """
-    from torchship.runtimes.tensorrt.runner import TensorRTRunner
-
-    reason = TensorRTRunner.unavailable_reason()
-    if reason is not None:
-        log.info("ship: no TensorRT engines (%s)", reason)
-        return []
-    jobs = [(onnx, p) for p in precisions]
-    if int8_onnx is not None:
-        jobs.append((int8_onnx, Precision.INT8))
-    built = []
-    for source, precision in jobs:
-        result = build_engine_file(
-            source.path, out=out_dir, inputs=source.inputs,
-            options=EngineOptions(precision=precision), command=command,
-        )  # fmt: skip
-        built.append(result.artifact)
-    return built
 
 
 def _parity_cases(engine: Artifact, *, num_random: int, seed: int):

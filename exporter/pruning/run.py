@@ -1,7 +1,6 @@
 """The pruning pipeline: prune (fixed or latency-searched ratio), recover, report.
 
-`prune` is the Python API behind `torchship prune`; `prune_for_ship` is the quick demo
-variant the `ship` pipeline calls for its `pruned` rows.
+`prune` is the Python API behind `torchship prune` and the `ship` pipeline's prune step.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from torchship.exporter.pruning.distill import (
 from torchship.exporter.pruning.search import SearchResult, search_ratio
 from torchship.loaded import LoadedModel
 
-__all__ = ["PruneOutcome", "prune", "prune_for_ship"]
+__all__ = ["PruneOutcome", "prune"]
 
 log = logging.getLogger(__name__)
 
@@ -104,28 +103,3 @@ def prune(
 
 def _accuracy(model: LoadedModel, data) -> float | None:
     return evaluate_accuracy(model, data) if data is not None else None
-
-
-def prune_for_ship(
-    model: LoadedModel,
-    *,
-    train: dict[str, np.ndarray],
-    eval: dict[str, np.ndarray] | None = None,  # noqa: A002
-    ratio: float | None = None,
-    epochs: int | None = None,
-    seed: int = 0,
-    progress: Callable[[str], None] | None = None,
-) -> tuple[LoadedModel, dict]:
-    """Prune (L2, default ratio 0.5) and distill for a few epochs; (pruned model, report dict).
-
-    Fast enough for the demo in `torchship ship` (well under a minute on 2 cores).
-    """
-    outcome = prune(
-        model,
-        config=PruneConfig(ratio=ratio),
-        train=train,
-        eval=eval,
-        recovery=DistillConfig(epochs=3 if epochs is None else epochs, seed=seed),
-        progress=progress,
-    )
-    return outcome.model, outcome.to_dict()

@@ -13,7 +13,7 @@ from torchship.exporter.pruning.distill import (
     evaluate_accuracy,
     recover,
 )
-from torchship.exporter.pruning.run import prune_for_ship
+from torchship.exporter.pruning.run import prune
 from torchship.models import demo_dataset, load_demo
 
 
@@ -26,7 +26,11 @@ def _split(name: str, count: int | None = None) -> dict[str, np.ndarray]:
 def test_distillation_improves_accuracy_over_no_fine_tuning_on_the_demo():
     teacher, test = load_demo(), _split("test")
     # A subset keeps the test bounded on a busy 2-core machine; the full set recovers more.
-    pruned, report = prune_for_ship(teacher, train=_split("train", 640), eval=test, epochs=2)
+    outcome = prune(
+        teacher, config=PruneConfig(ratio=0.5), train=_split("train", 640), eval=test,
+        recovery=DistillConfig(epochs=2, seed=0),
+    )  # fmt: skip
+    pruned, report = outcome.model, outcome.to_dict()
     accuracy = report["accuracy"]
     assert accuracy["pruned"] < 0.5  # 50% of the channels without recovery: near chance
     assert accuracy["recovered"] == pytest.approx(evaluate_accuracy(pruned, test))

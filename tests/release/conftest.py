@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from torchship.pipeline.bundle import run_pipeline
-from torchship.pipeline.config import load_pipeline
+from torchship.pipeline import load_pipeline, run_pipeline
 
 FAST_PIPELINE = """
 [pipeline]

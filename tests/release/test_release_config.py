@@ -5,7 +5,7 @@ import pytest
 
 from torchship.cli.main import main
 from torchship.errors import ConfigError
-from torchship.pipeline.config import EXAMPLE_CONFIG, STEPS, load_pipeline, parse_pipeline
+from torchship.pipeline import EXAMPLE_CONFIG, STEPS, load_pipeline, parse_pipeline
 
 HEAD = '[pipeline]\nname = "demo"\nversion = "1.0"\n'
 

@@ -177,8 +177,7 @@ def test_quantized_bundle_verifies_against_its_own_outputs(tmp_path, pipeline_fi
     import numpy as np
 
     from torchship.models import demo_dataset
-    from torchship.pipeline.bundle import run_pipeline
-    from torchship.pipeline.config import load_pipeline
+    from torchship.pipeline import load_pipeline, run_pipeline
 
     images, _ = demo_dataset("train")
     np.savez(tmp_path / "calib.npz", image=images[:64])

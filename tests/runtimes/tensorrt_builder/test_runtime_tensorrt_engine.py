@@ -18,11 +18,7 @@ import pytest
 from torchship.artifact import Artifact, Format, Precision
 from torchship.cli.main import main
 from torchship.errors import BackendUnavailableError, CalibrationError, ConfigError, ExportError
-from torchship.exporter.engines import (
-    build_engine_file,
-    engine_output_path,
-    ship_engines,
-)
+from torchship.exporter.engines import build_engine_file, engine_output_path
 from torchship.runtimes.tensorrt import cache as tensorrt_engine
 from torchship.runtimes.tensorrt.builder import EngineOptions, ShapeRange
 from torchship.runtimes.tensorrt.cache import (
@@ -336,12 +332,6 @@ def test_too_little_calibration_data(fake_trt, fp32_onnx, tmp_path):
 def test_engine_output_path(tmp_path, out, expected):
     given = None if out is None else tmp_path / out
     assert engine_output_path(tmp_path / "m.onnx", given, Precision.FP16) == tmp_path / expected
-
-
-@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is here")
-def test_ship_engines_is_empty_without_tensorrt(fp32_onnx, tmp_path):
-    assert ship_engines(fp32_onnx, tmp_path / "bundle") == []
-    assert not (tmp_path / "bundle").exists()
 
 
 def test_runner_checks_the_manifest_before_tensorrt_loads(fake_trt, fp32_onnx, tmp_path):
