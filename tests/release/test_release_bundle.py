@@ -46,8 +46,9 @@ def test_bundle_holds_everything(demo_bundle):
 
 def test_failed_gate_writes_a_bundle_marked_failed(demo_bundle, tmp_path, capsys, pipeline_file):
     from torchship.regression.baselines import save_baseline
+    from torchship.runtimes import load_bench_document
 
-    save_baseline(json.loads((demo_bundle / "bench.json").read_text()), "main", root=tmp_path / "b")
+    save_baseline(load_bench_document(demo_bundle / "bench.json"), "main", root=tmp_path / "b")
     gates = 'max_p90_ms = 0.000001\nbaseline = "main"\nbaseline_dir = "b"\nthreshold_pct = 900'
     path = pipeline_file(tmp_path, extra_gates=gates)
     assert main(["ship", str(path)]) == 1

@@ -81,7 +81,7 @@ def plan_for(config: PipelineConfig) -> Plan:
         ReportStep(
             ReportKind.BUNDLE,
             title=name,
-            suite=f"torchship.pipeline.demo.{config.name}",
+            suite=f"torchship.ship.{config.name}",
             files=REPORT_FILES,
             pipeline=config.to_dict(),
         ),
