@@ -40,7 +40,7 @@ def check_parity(
     every dynamic dim (e.g. another batch size) when the specs have dynamic dims.
     """
     runtime = runtime or default_runtime_for(artifact.format)
-    profile = profile or tolerance_for(artifact.precision.value)
+    profile = profile or tolerance_for(get_runner(runtime).computes_in or artifact.precision.value)
     report = ParityReport(artifact.path.name, runtime, profile)
     eval_mode(model.module)
     with get_runner(runtime)(artifact, threads=None) as runner:
