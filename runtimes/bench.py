@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 BENCH_SCHEMA = "torchship.bench/1"
 _RESULT_KEYS = ("runtime", "artifact", "sha256", "batch", "latency_ms", "samples_ms")
-_OPTIONAL_KEYS = ("timing", "host_latency_ms")
+_OPTIONAL_KEYS = ("timing", "host_latency_ms", "runtime_facts")
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,8 @@ class BenchResult:
     iters: int
     timing: dict[str, Any] = field(default_factory=dict)
     host_latency_ms: dict[str, float] | None = None
+    #: What the backend chose for the run (`Runner.facts()`, e.g. OpenVINO's precision).
+    runtime_facts: dict[str, Any] = field(default_factory=dict)
 
     @property
     def stats(self) -> Stats:
@@ -107,6 +109,8 @@ class BenchResult:
         data = asdict(self)
         if data["host_latency_ms"] is None:
             del data["host_latency_ms"]  # CPU results keep their schema
+        if not data["runtime_facts"]:
+            del data["runtime_facts"]
         return data
 
     @classmethod
@@ -144,6 +148,7 @@ def bench_runner(
             timer=timer,
             progress=progress,
         )
+        facts = runner.facts()
     finally:
         runner.close()
     stats = Stats.from_samples(samples)
@@ -171,6 +176,7 @@ def bench_runner(
         iters=len(samples),
         timing={"clock": timer.clock, "includes_copies": _includes_copies(runner)},
         host_latency_ms=Stats.from_samples(host_samples).to_dict() if host_samples else None,
+        runtime_facts=facts,
     )
 
 
