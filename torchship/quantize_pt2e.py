@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ import numpy as np
 from torchship.artifact import Artifact, Precision
 from torchship.calibration.accuracy import within_budget
 from torchship.calibration.pt2e import PT2E_TARGETS, quantize_graph
+from torchship.calibration.quantize import QuantizeResult
 from torchship.data import LABELS_KEY, DataSet, ShortBatch, load_arrays, open_data
 from torchship.errors import ConfigError
 from torchship.exporter.base import ExportOptions, export_model
@@ -35,23 +36,13 @@ from torchship.sources import load_model
 from torchship.specs import InputSpec
 from torchship.staging import staged_output
 
-__all__ = ["PT2E_TARGET_NAMES", "Pt2eResult", "quantize_pt2e"]
+__all__ = ["PT2E_TARGET_NAMES", "quantize_pt2e"]
 
 log = logging.getLogger(__name__)
 
 PT2E_TARGET_NAMES = tuple(PT2E_TARGETS.names())
 REPORT_NAME = "quantize_report.json"
 _PARITY_BATCHES = 4
-
-
-@dataclass(frozen=True)
-class Pt2eResult:
-    artifact: Artifact
-    out_dir: Path
-    passed: bool
-    report: dict
-    manifest_path: Path
-    warnings: tuple[str, ...] = ()
 
 
 def quantize_pt2e(
@@ -69,7 +60,7 @@ def quantize_pt2e(
     seed: int = 0,
     threads: int | None = None,
     command: Sequence[str] | None = None,
-) -> Pt2eResult:
+) -> QuantizeResult:
     """PT2E INT8 of `source` for `target`; writes the artifact, a report and a manifest to `out`.
 
     `out` defaults to `<source stem>-int8-<target>/` beside a file source, else in the current
@@ -109,7 +100,7 @@ def quantize_pt2e(
         )  # fmt: skip
         write_manifest(stage, manifest)
     final = replace(artifact, path=out_dir / artifact.path.name)
-    return Pt2eResult(
+    return QuantizeResult(
         final, out_dir, report["passed"], report, out_dir / "manifest.json", tuple(warnings)
     )
 

@@ -263,4 +263,5 @@ COMMAND_MODULES = (
     "torchship.cli.prune",
     "torchship.cli.quantize",
     "torchship.cli.engine",
+    "torchship.cli.tune",
 )

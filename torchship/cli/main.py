@@ -84,6 +84,8 @@ def _configure_logging(*, debug: bool, verbose: bool) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
         # The dynamo ONNX exporter warns about every missing torchvision op on each export.
         logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+        # torchao warns on every CPU import that its CUDA-only kernels did not load.
+        logging.getLogger("torchao").setLevel(logging.ERROR)
 
 
 def dump_json(path: str, data: object, console: Console) -> None:

@@ -1,0 +1,142 @@
+"""Benchmark (not a test): every available runtime and precision, as ratios to FP32 ORT.
+
+For the demo (digits, labelled top-1) and ResNet-18-, MobileNetV2- and MobileNetV3-style CNNs
+at 3x64x64 (seeded random weights with BatchNorm statistics re-estimated on the calibration
+images so activations are scaled as in a trained net; accuracy = top-1 agreement with FP32
+eager on 512 held-out digit images, so a drop is the share of predictions that changed), at
+batch 1 and 8, 2 threads, in one run. Candidates come from `torchship.tune` (built, checked on
+the held-out set, timed through the bench layer); the chosen one is the fastest within
+`--max-drop` points at batch 8. Prints a Markdown table and the CPU flags.
+
+    .venv/bin/python scripts/bench_runtimes.py [--min-time 0.5] [--models demo,resnet18]
+        [--out bench_runtimes.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from torchship.artifact import Artifact
+from torchship.fingerprint import machine_fingerprint
+from torchship.loaded import LoadedModel
+from torchship.models import demo_dataset, load_demo, zoo_inputs
+from torchship.models.zoo import ZOO
+from torchship.runtimes import BenchConfig, bench_runner
+from torchship.tune import Builds, Outcome, default_candidates, search
+
+THREADS = 2
+BATCHES = (1, 8)
+ZOO_MODELS = {
+    "resnet18": "resnet18_style",
+    "mobilenetv2": "mobilenet_v2_style",
+    "mobilenetv3": "mobilenet_v3_style",
+}
+
+
+def digits_64(split: str, count: int) -> np.ndarray:
+    """Digit images as 3x64x64 (upsampled, channels repeated): structured held-out inputs."""
+    images, _ = demo_dataset(split)
+    tensor = torch.from_numpy(images[:count])
+    tensor = torch.nn.functional.interpolate(tensor, scale_factor=2, mode="bilinear")
+    return tensor.repeat(1, 3, 1, 1).numpy().astype(np.float32)
+
+
+def reestimate_batchnorm(module: torch.nn.Module, images: np.ndarray) -> None:
+    """Running BN statistics from `images` (cumulative average), then back to eval mode."""
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.BatchNorm2d):
+            layer.reset_running_stats()
+            layer.momentum = None
+    module.train()
+    with torch.no_grad():
+        for start in range(0, len(images), 32):
+            module(torch.from_numpy(images[start : start + 32]))
+    module.eval()
+
+
+def case(name: str) -> tuple[LoadedModel, dict, dict]:
+    """The model, its calibration arrays and its held-out eval arrays."""
+    if name == "demo":
+        train, _ = demo_dataset("train")
+        images, labels = demo_dataset("test")
+        return load_demo(), {"image": train[:256]}, {"image": images, "labels": labels}
+    factory = ZOO_MODELS[name]
+    module = ZOO[factory]()
+    calib = digits_64("train", 256)
+    reestimate_batchnorm(module, calib)
+    model = LoadedModel(module, zoo_inputs(factory), ("logits",), source=f"zoo:{factory}")
+    return model, {"image": calib}, {"image": digits_64("test", 512)}
+
+
+def run_case(name: str, root: Path, *, min_time: float, max_drop: float) -> list[str]:
+    model, calib, evaluation = case(name)
+    config = BenchConfig(warmup=5, min_time_s=min_time, threads=THREADS)
+    batch1: dict[str, float] = {}
+
+    def measure(runtime: str, artifact: Artifact) -> tuple[float, dict]:
+        # Both batches in one go, sessions released between; the search ranks batch 8.
+        key = f"{runtime}:{artifact.path}:{artifact.precision.value}"
+        batch1[key] = bench_runner(runtime, artifact, config=config, batch=1).latency_ms["p50"]
+        result = bench_runner(runtime, artifact, config=config, batch=8)
+        return result.latency_ms["p50"], result.runtime_facts
+
+    builds = Builds(
+        model, root / name, calib=calib, eval_data=evaluation, max_drop=max_drop, threads=THREADS
+    )
+    torch.set_num_threads(THREADS)  # AOTInductor kernels are generated for this count
+    start = time.monotonic()
+    report = search(default_candidates(), builds, batch=8, config=config, measure=measure)
+    rows = []
+    base1 = None
+    for r in report.results:
+        if r.artifact is None:
+            rows.append(f"| {name} | {r.candidate.name} | | | | {r.outcome.value}: {r.reason} |")
+            continue
+        key = f"{r.candidate.runtime}:{r.artifact.path}:{r.artifact.precision.value}"
+        p50_1 = batch1[key]
+        base1 = base1 or p50_1
+        mark = "**" if r.outcome is Outcome.CHOSEN else ""
+        precision = r.facts.get("inference_precision", r.candidate.precision)
+        rows.append(
+            f"| {name} | {mark}{r.candidate.name}{mark} ({precision}) | {base1 / p50_1:.2f}x | "
+            f"{mark}{r.speedup:.2f}x{mark} | {r.drop:+.2f} | {r.outcome.value}: {r.reason} |"
+        )
+    rows.append(f"| {name} | (build + check + time: {time.monotonic() - start:.0f} s) | | | | |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--min-time", type=float, default=0.5)
+    parser.add_argument("--max-drop", type=float, default=0.5)
+    parser.add_argument("--models", default="demo,resnet18,mobilenetv2,mobilenetv3")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    machine = machine_fingerprint()
+    flags = ", ".join(f for f, on in machine["isa"].items() if on)
+    lines = [
+        f"CPU: {machine['cpu_model']} ({flags}); {THREADS} threads; ratios to FP32 ORT at the "
+        f"same batch, one run; drop in points vs FP32 eager (max {args.max_drop:g} to verify)",
+        "",
+        "| model | candidate (compute precision) | batch 1 | batch 8 | drop | outcome |",
+        "|---|---|---|---|---|---|",
+    ]
+    with tempfile.TemporaryDirectory(prefix="bench-runtimes-") as tmp:
+        print("\n".join(lines), flush=True)
+        for name in args.models.split(","):
+            rows = run_case(name, Path(tmp), min_time=args.min_time, max_drop=args.max_drop)
+            print("\n".join(rows), flush=True)
+            lines += rows
+    text = "\n".join(lines)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
