@@ -4,12 +4,12 @@ For the demo (digits, labelled top-1) and ResNet-18-, MobileNetV2- and MobileNet
 at 3x64x64 (seeded random weights with BatchNorm statistics re-estimated on the calibration
 images so activations are scaled as in a trained net; accuracy = top-1 agreement with FP32
 eager on 512 held-out digit images, so a drop is the share of predictions that changed), at
-batch 1 and 8, 2 threads, in one run. Candidates come from `torchship.tune` (built, checked on
-the held-out set, timed through the bench layer); the chosen one is the fastest within
-`--max-drop` points at batch 8. Prints a Markdown table and the CPU flags.
+batch 1 and 8, 2 threads (`--threads`), in one run. Candidates come from `torchship.tune`
+(built, checked on the held-out set, timed through the bench layer); the chosen one is the
+fastest within `--max-drop` points at batch 8. Prints a Markdown table and the CPU flags.
 
     .venv/bin/python scripts/bench_runtimes.py [--min-time 0.5] [--models demo,resnet18]
-        [--out bench_runtimes.md]
+        [--threads 2] [--out bench_runtimes.md]
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from torchship.runtimes import BenchConfig, bench_runner
 from torchship.tune import Builds, Outcome, default_candidates, search
 
 THREADS = 2
-BATCHES = (1, 8)
 ZOO_MODELS = {
     "resnet18": "resnet18_style",
     "mobilenetv2": "mobilenet_v2_style",
@@ -74,9 +73,9 @@ def case(name: str) -> tuple[LoadedModel, dict, dict]:
     return model, {"image": calib}, {"image": digits_64("test", 512)}
 
 
-def run_case(name: str, root: Path, *, min_time: float, max_drop: float) -> list[str]:
+def run_case(name: str, root: Path, *, min_time: float, max_drop: float, threads: int) -> list[str]:
     model, calib, evaluation = case(name)
-    config = BenchConfig(warmup=5, min_time_s=min_time, threads=THREADS)
+    config = BenchConfig(warmup=5, min_time_s=min_time, threads=threads)
     batch1: dict[str, float] = {}
 
     def measure(runtime: str, artifact: Artifact) -> tuple[float, dict]:
@@ -87,9 +86,9 @@ def run_case(name: str, root: Path, *, min_time: float, max_drop: float) -> list
         return result.latency_ms["p50"], result.runtime_facts
 
     builds = Builds(
-        model, root / name, calib=calib, eval_data=evaluation, max_drop=max_drop, threads=THREADS
+        model, root / name, calib=calib, eval_data=evaluation, max_drop=max_drop, threads=threads
     )
-    torch.set_num_threads(THREADS)  # AOTInductor kernels are generated for this count
+    torch.set_num_threads(threads)  # AOTInductor kernels are generated for this count
     start = time.monotonic()
     report = search(default_candidates(), builds, batch=8, config=config, measure=measure)
     rows = []
@@ -116,12 +115,13 @@ def main() -> None:
     parser.add_argument("--min-time", type=float, default=0.5)
     parser.add_argument("--max-drop", type=float, default=0.5)
     parser.add_argument("--models", default="demo,resnet18,mobilenetv2,mobilenetv3")
+    parser.add_argument("--threads", type=int, default=THREADS)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     machine = machine_fingerprint()
     flags = ", ".join(f for f, on in machine["isa"].items() if on)
     lines = [
-        f"CPU: {machine['cpu_model']} ({flags}); {THREADS} threads; ratios to FP32 ORT at the "
+        f"CPU: {machine['cpu_model']} ({flags}); {args.threads} threads; ratios to FP32 ORT at the "
         f"same batch, one run; drop in points vs FP32 eager (max {args.max_drop:g} to verify)",
         "",
         "| model | candidate (compute precision) | batch 1 | batch 8 | drop | outcome |",
@@ -130,7 +130,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-runtimes-") as tmp:
         print("\n".join(lines), flush=True)
         for name in args.models.split(","):
-            rows = run_case(name, Path(tmp), min_time=args.min_time, max_drop=args.max_drop)
+            rows = run_case(
+                name, Path(tmp), min_time=args.min_time, max_drop=args.max_drop,
+                threads=args.threads,
+            )  # fmt: skip
             print("\n".join(rows), flush=True)
             lines += rows
     text = "\n".join(lines)

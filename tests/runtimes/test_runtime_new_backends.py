@@ -101,3 +101,18 @@ def test_quantize_for_xnnpack_without_executorch_exits_3(monkeypatch, tmp_path, 
     err = capsys.readouterr().err
     assert code == 3 and "runtime 'executorch' is not available" in err
     assert not (tmp_path / "q").exists()
+
+
+def test_doctor_lists_the_new_runtimes_and_why(monkeypatch, capsys):
+    import json
+
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    assert _run("doctor", "--json", "-") == 0
+    facts = json.loads(capsys.readouterr().out)
+    runtimes = facts["runtimes"]
+    assert {"openvino", "openvino-bf16", "aoti", "executorch"} <= set(runtimes)
+    assert runtimes["openvino"] == {
+        "available": False,
+        "reason": "openvino is not installed (pip install torchship[openvino])",
+    }
+    assert set(facts["aoti_compiler"]) == {"available", "reason"}
