@@ -53,8 +53,12 @@ class ExportOptions:
     script: bool = False
     dynamo: bool | None = None
     validate: bool = True
+    #: AOTInductor generates its OpenMP kernels for a thread count (default: torch's).
+    threads: int | None = None
 
     def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads {self.threads}: must be >= 1")
         if self.opset is None:
             return
         valid = supported_opsets()
@@ -161,6 +165,8 @@ def _run_exporter(
 
 def _register_builtin() -> None:
     # The exporters register themselves on import.
+    import torchship.exporter.aoti  # noqa: F401
+    import torchship.exporter.executorch_export  # noqa: F401
     import torchship.exporter.exported_program  # noqa: F401
     import torchship.exporter.onnx_export  # noqa: F401
     import torchship.exporter.torchscript  # noqa: F401

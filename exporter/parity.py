@@ -10,7 +10,7 @@ import numpy as np
 from torchship.artifact import Artifact
 from torchship.errors import ParityError
 from torchship.loaded import LoadedModel, eval_mode
-from torchship.runtimes.base import default_runtime_for
+from torchship.runtimes.base import default_runtime_for, get_runner
 from torchship.runtimes.compare import ParityReport, compare_runs
 from torchship.runtimes.tolerance import ToleranceProfile, tolerance_for
 from torchship.specs import InputSpec, random_feeds
@@ -35,7 +35,7 @@ def check_parity(
     every dynamic dim (e.g. another batch size) when the specs have dynamic dims.
     """
     runtime = runtime or default_runtime_for(artifact.format)
-    profile = profile or tolerance_for(artifact.precision.value)
+    profile = profile or tolerance_for(get_runner(runtime).computes_in or artifact.precision.value)
     eval_mode(model.module)
     report = compare_runs(
         artifact,

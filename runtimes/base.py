@@ -43,6 +43,9 @@ class Runner(abc.ABC):
     device: ClassVar[str] = "cpu"
     #: The pip extra that provides this runtime when it is missing.
     extra: ClassVar[str | None] = None
+    #: A precision below the artifact's that this backend computes in (e.g. "bf16"); parity
+    #: then checks with that precision's tolerance profile. None: the artifact's own.
+    computes_in: ClassVar[str | None] = None
 
     def __init__(self, artifact: Artifact, *, threads: int | None = None) -> None:
         if artifact.format not in self.formats:
@@ -137,6 +140,11 @@ class Runner(abc.ABC):
     def _close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release sessions/modules; the default drops nothing."""
 
+    def facts(self) -> dict[str, object]:
+        """What the backend chose for this run that a result must record (e.g. the precision
+        it computes in); read while loaded. The default records nothing."""
+        return {}
+
 
 def _describe_feeds(feeds: Mapping[str, np.ndarray]) -> str:
     parts = [f"{name} {np.asarray(v).dtype}{list(np.shape(v))}" for name, v in feeds.items()]
@@ -174,12 +182,17 @@ def default_runtime_for(fmt: Format) -> str:
         Format.EXPORTED_PROGRAM: "torch",
         Format.EAGER: "torch",
         Format.TENSORRT_ENGINE: "tensorrt",
+        Format.AOTI: "aoti",
+        Format.EXECUTORCH: "executorch",
     }[fmt]
 
 
 def _import_backends() -> None:
     # Backends register on import; their heavy/optional dependencies load lazily inside them.
+    import torchship.runtimes.aoti  # noqa: F401
+    import torchship.runtimes.executorch  # noqa: F401
     import torchship.runtimes.onnxruntime  # noqa: F401
+    import torchship.runtimes.openvino  # noqa: F401
     import torchship.runtimes.tensorrt.runner  # noqa: F401
     import torchship.runtimes.torch_cuda  # noqa: F401
     import torchship.runtimes.torch_eager  # noqa: F401

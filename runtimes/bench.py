@@ -104,6 +104,8 @@ class BenchResult:
     iters: int | None = None
     timing: dict[str, Any] = field(default_factory=dict)
     host_latency_ms: dict[str, float] | None = None
+    #: What the backend chose for the run (`Runner.facts()`, e.g. OpenVINO's precision).
+    runtime_facts: dict[str, Any] = field(default_factory=dict)
 
     @property
     def stats(self) -> Stats:
@@ -125,6 +127,8 @@ class BenchResult:
         data = asdict(self)
         if data["host_latency_ms"] is None:
             del data["host_latency_ms"]  # CPU results keep their schema
+        if not data["runtime_facts"]:
+            del data["runtime_facts"]
         return data
 
     @classmethod
@@ -218,6 +222,7 @@ def bench_runner(
             timer=timer,
             progress=progress,
         )
+        facts = runner.facts()
     finally:
         runner.close()
     stats = Stats.from_samples(samples)
@@ -245,6 +250,7 @@ def bench_runner(
         iters=len(samples),
         timing={"clock": timer.clock, "includes_copies": _includes_copies(runner)},
         host_latency_ms=Stats.from_samples(host_samples).to_dict() if host_samples else None,
+        runtime_facts=facts,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,16 @@ from torchship.files import sha256_file
 from torchship.onnx_io import onnx_io
 from torchship.specs import InputSpec
 
-__all__ = ["FILE_FORMATS", "Format", "Precision", "Artifact", "format_for_path"]
+__all__ = [
+    "AOTI_SUFFIX",
+    "BUILT_FORMATS",
+    "FILE_FORMATS",
+    "Format",
+    "Precision",
+    "Artifact",
+    "format_for_path",
+    "is_aoti_package",
+]
 
 
 class Format(str, enum.Enum):
@@ -25,6 +35,11 @@ class Format(str, enum.Enum):
     EAGER = "eager"
     #: A serialized TensorRT engine (plan): built for one GPU architecture and TensorRT version.
     TENSORRT_ENGINE = "tensorrt-engine"
+    #: An AOTInductor package (`.aoti.pt2`): native code compiled for this CPU's ISA and a
+    #: thread count; a zip like a torch.export `.pt2`, told apart by its suffix or its layout.
+    AOTI = "aoti"
+    #: An ExecuTorch program (`.pte`) lowered to the XNNPACK delegate.
+    EXECUTORCH = "executorch"
 
     @property
     def suffix(self) -> str:
@@ -33,17 +48,23 @@ class Format(str, enum.Enum):
             "onnx": ".onnx",
             "exported-program": ".pt2",
             "tensorrt-engine": ".engine",
+            "aoti": AOTI_SUFFIX,
+            "executorch": ".pte",
         }[self.value]
 
     @classmethod
     def parse(cls, name: str) -> Format:
-        if name in FILE_FORMATS:
+        if name in FILE_FORMATS or name in BUILT_FORMATS:
             return cls(name)
-        valid = ", ".join(FILE_FORMATS)
+        valid = ", ".join((*FILE_FORMATS, *BUILT_FORMATS))
         raise ConfigError(f"unknown format {name!r}; valid: {valid}")
 
 
+#: The formats an export writes by default.
 FILE_FORMATS = ("torchscript", "onnx", "exported-program")
+#: Formats written only when asked for: compiling or lowering takes tens of seconds.
+BUILT_FORMATS = ("aoti", "executorch")
+AOTI_SUFFIX = ".aoti.pt2"
 
 
 class Precision(str, enum.Enum):
@@ -59,17 +80,32 @@ _SUFFIXES = {
     ".pt2": Format.EXPORTED_PROGRAM,
     ".engine": Format.TENSORRT_ENGINE,
     ".plan": Format.TENSORRT_ENGINE,
+    ".pte": Format.EXECUTORCH,
 }
 
 
 def format_for_path(path: str | Path) -> Format:
-    suffix = Path(path).suffix.lower()
+    """The format a file name says; a `.pt2` zip holding an AOTInductor package is `aoti`."""
+    path = Path(path)
+    if path.name.lower().endswith(AOTI_SUFFIX):
+        return Format.AOTI
+    suffix = path.suffix.lower()
     if suffix not in _SUFFIXES:
         raise ConfigError(
             f"{path}: cannot tell the artifact format from {suffix or 'no suffix'!r}; "
-            f"expected one of {', '.join(_SUFFIXES)}"
+            f"expected one of {', '.join((*_SUFFIXES, AOTI_SUFFIX))}"
         )
+    if suffix == ".pt2" and is_aoti_package(path):
+        return Format.AOTI
     return _SUFFIXES[suffix]
+
+
+def is_aoti_package(path: Path) -> bool:
+    """True when `path` is a zip with AOTInductor's layout (`<name>/data/aotinductor/...`)."""
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/data/aotinductor/" in name for name in archive.namelist())
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from torchship.exporter.aoti import compiler_unavailable_reason
 from torchship.fingerprint import machine_fingerprint, software_fingerprint
 from torchship.runtimes.base import RUNNERS, _import_backends
 
@@ -21,8 +22,11 @@ def doctor_facts() -> dict:
         providers = list(onnxruntime.get_available_providers())
     except ImportError:
         providers = []
+    compiler = compiler_unavailable_reason()
     return {
         "runtimes": runtimes,
+        # Running an AOTInductor package needs torch only; building one needs a C++ compiler.
+        "aoti_compiler": {"available": compiler is None, "reason": compiler},
         "ort_providers": providers,
         "machine": machine_fingerprint(),
         "software": software_fingerprint(),
@@ -42,6 +46,9 @@ def doctor_rows(facts: dict) -> dict[str, str]:
     rows["ort providers"] = ", ".join(facts["ort_providers"]) or "none"
     for name, state in facts["runtimes"].items():
         rows[f"runtime {name}"] = "available" if state["available"] else f"no: {state['reason']}"
+    compiler = facts.get("aoti_compiler") or {}
+    if compiler:
+        rows["aoti builds"] = "yes" if compiler["available"] else f"no: {compiler['reason']}"
     return rows
 
 

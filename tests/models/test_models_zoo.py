@@ -13,7 +13,15 @@ from torchship.models.zoo import ZOO, resnet18_style, tiny_encoder, zoo_inputs
 from torchship.specs import random_feeds
 
 
-@pytest.mark.parametrize(("name", "classes"), [("resnet18_style", 1000), ("tiny_encoder", 2)])
+@pytest.mark.parametrize(
+    ("name", "classes"),
+    [
+        ("resnet18_style", 1000),
+        ("tiny_encoder", 2),
+        ("mobilenet_v2_style", 10),
+        ("mobilenet_v3_style", 10),
+    ],
+)
 def test_factory_output_shape(name: str, classes: int) -> None:
     model = ZOO[name]()
     specs = zoo_inputs(name)

@@ -15,16 +15,6 @@ from torchship.specs import InputSpec
 SPEC = InputSpec(name="x", dtype="float32", shape=(2, 4), dynamic={0: "batch"})
 
 
-class TinyNet(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc = torch.nn.Linear(4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.fc(x)) + 0.5 * x[:, :3]
-
-
 @pytest.fixture(scope="session")
 def eager_output():
     """Reference output of a module on a numpy input."""
@@ -34,11 +24,6 @@ def eager_output():
             return module(torch.from_numpy(x)).numpy()
 
     return run
-
-
-@pytest.fixture(scope="session")
-def tiny_module() -> torch.nn.Module:
-    return TinyNet().eval()
 
 
 @pytest.fixture(scope="session")

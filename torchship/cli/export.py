@@ -26,7 +26,7 @@ def register_export(commands) -> None:
     p.add_argument(
         "--format",
         default="torchscript,onnx,exported-program",
-        help="comma-separated: torchscript, onnx, exported-program",
+        help="comma-separated: torchscript, onnx, exported-program (default), aoti, executorch",
     )
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
     p.add_argument("--script", action="store_true", help="TorchScript by scripting, not tracing")

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
-from torchship.cli import bench, engine, export, prune, quantize, regress, ship, verify
+from torchship.cli import bench, engine, export, prune, quantize, regress, ship, tune, verify
 from torchship.errors import EXIT_CHECK_FAILED, EXIT_OK, ToolchainError
 
 __all__ = ["main", "build_parser"]
@@ -33,6 +33,7 @@ _COMMANDS = (
     prune.register_prune,
     quantize.register_quantize,
     engine.register_build_engine,
+    tune.register_tune,
 )
 
 
@@ -94,6 +95,8 @@ def _configure_logging(*, debug: bool, verbose: bool) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
         # The dynamo ONNX exporter warns about every missing torchvision op on each export.
         logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+        # torchao warns on every CPU import that its CUDA-only kernels did not load.
+        logging.getLogger("torchao").setLevel(logging.ERROR)
 
 
 if __name__ == "__main__":  # pragma: no cover

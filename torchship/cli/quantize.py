@@ -11,7 +11,9 @@ from rich.text import Text
 
 from torchship.calibration import METHODS, PRESETS, QuantizeOptions, QuantizeResult, quantize
 from torchship.cli.flags import dump_json, progress
+from torchship.cli.quantize_pt2e import add_pt2e_flags, quantize_pt2e_command
 from torchship.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError
+from torchship.quantize_pt2e import PT2E_TARGET_NAMES
 
 __all__ = ["register_quantize"]
 
@@ -20,14 +22,19 @@ def register_quantize(commands) -> None:
     p = commands.add_parser(
         "quantize", help="INT8 (static/dynamic) or FP16 through ONNX Runtime, accuracy-checked"
     )
-    p.add_argument("model", metavar="MODEL.onnx", help="the FP32 ONNX model")
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="the FP32 ONNX model; with --target xnnpack|x86-inductor a model source or .pt2",
+    )
     p.add_argument(
         "--calib", metavar="DATA", help=".npz/.npy, a directory of them, or module:function"
     )
     p.add_argument(
         "--target",
         default="auto",
-        help=f"preset: auto, {', '.join(PRESETS.names())} (default: auto, from CPU/GPU facts)",
+        help=f"preset: auto, {', '.join(PRESETS.names())} (default: auto, from CPU/GPU facts); "
+        f"PT2E: {', '.join(PT2E_TARGET_NAMES)} (a model source -> .pte / AOTInductor package)",
     )
     p.add_argument("--method", default="minmax", help=f"calibration: {', '.join(METHODS.names())}")
     p.add_argument("--mode", default="static", help="static | dynamic (dynamic needs no --calib)")
@@ -47,11 +54,14 @@ def register_quantize(commands) -> None:
     p.add_argument("--threads", type=int, default=None, help="intra-op threads for eval/timing")
     p.add_argument("--json", metavar="OUT", help="write the report as JSON ('-': stdout)")
     p.add_argument("-o", "--output", default=None, help="output directory or .onnx file")
+    add_pt2e_flags(p)
     p.set_defaults(handler=_quantize)
 
 
 def _quantize(args: argparse.Namespace, *, console: Console, argv: Sequence[str]) -> int:
     _check_json_path(args.json)
+    if args.target in PT2E_TARGET_NAMES:
+        return quantize_pt2e_command(args, console=console, argv=argv)
     options = QuantizeOptions(
         target=args.target,
         method=args.method,

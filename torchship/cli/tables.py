@@ -14,8 +14,16 @@ from rich.text import Text
 
 from torchship.regression.documents import DocumentComparison, ci_text
 from torchship.runtimes import BenchDocument
+from torchship.tune import TuneReport
 
-__all__ = ["ship_table", "bench_table", "doctor_table", "comparison_table", "human_size"]
+__all__ = [
+    "ship_table",
+    "bench_table",
+    "doctor_table",
+    "comparison_table",
+    "tune_table",
+    "human_size",
+]
 
 
 def human_size(num_bytes: int) -> str:
@@ -128,4 +136,22 @@ def comparison_table(result: DocumentComparison) -> Table:
             ci_text(c),
             Text(c.verdict.value, style=style),
         )
+    return table
+
+
+def tune_table(report: TuneReport) -> Table:
+    """Every candidate of `torchship tune` with its outcome and why."""
+    table = Table(title=f"candidates at batch {report.batch} (max drop {report.max_drop:g} points)")
+    for column in ("candidate", "runtime", "precision", "p50 ms", f"vs {report.reference}", "drop"):
+        table.add_column(column)
+    table.add_column("outcome")
+    for r in report.results:
+        table.add_row(
+            r.candidate.name, r.candidate.runtime,
+            str(r.facts.get("inference_precision", r.candidate.precision)),
+            "" if r.p50_ms is None else f"{r.p50_ms:.3f}",
+            "" if r.speedup is None else f"{r.speedup:.2f}x",
+            "" if r.drop is None else f"{r.drop:.2f}",
+            f"{r.outcome.value}: {r.reason}",
+        )  # fmt: skip
     return table

@@ -12,6 +12,7 @@ from torch import nn
 
 from torchship.errors import ConfigError
 from torchship.models.demo import make_stages
+from torchship.models.mobile import MobileNetV2Style, MobileNetV3Style
 from torchship.specs import InputSpec
 
 __all__ = [
@@ -19,6 +20,8 @@ __all__ = [
     "EncoderBlock",
     "ResNet18Style",
     "TinyEncoder",
+    "mobilenet_v2_style",
+    "mobilenet_v3_style",
     "resnet18_style",
     "tiny_encoder",
     "zoo_inputs",
@@ -133,13 +136,28 @@ def tiny_encoder() -> TinyEncoder:
     return _seeded(TinyEncoder)  # type: ignore[return-value]
 
 
+def mobilenet_v2_style() -> MobileNetV2Style:
+    """A MobileNetV2-style CNN for 3x64x64 images (10 classes), seeded weights, eval mode."""
+    return _seeded(MobileNetV2Style)  # type: ignore[return-value]
+
+
+def mobilenet_v3_style() -> MobileNetV3Style:
+    """A MobileNetV3-style CNN (hardswish, squeeze-excite) for 3x64x64 images, 10 classes."""
+    return _seeded(MobileNetV3Style)  # type: ignore[return-value]
+
+
 ZOO: dict[str, Callable[[], nn.Module]] = {
     "resnet18_style": resnet18_style,
     "tiny_encoder": tiny_encoder,
+    "mobilenet_v2_style": mobilenet_v2_style,
+    "mobilenet_v3_style": mobilenet_v3_style,
 }
 
+_IMAGE_64 = (InputSpec("image", "float32", (1, 3, 64, 64), dynamic={0: "batch"}),)
 _INPUTS: dict[str, tuple[InputSpec, ...]] = {
-    "resnet18_style": (InputSpec("image", "float32", (1, 3, 64, 64), dynamic={0: "batch"}),),
+    "resnet18_style": _IMAGE_64,
+    "mobilenet_v2_style": _IMAGE_64,
+    "mobilenet_v3_style": _IMAGE_64,
     "tiny_encoder": (
         InputSpec(
             "input_ids", "int64", (2, 16), dynamic={0: "batch", 1: "seq"}, value_range=(0, 1000)

@@ -1,0 +1,130 @@
+"""AOTInductor: compile a torch.export program to a native `.aoti.pt2` package, cached.
+
+Compiling takes about a minute even for a small model, so packages are cached under
+`<cache>/aoti/` by a hash of what decides the generated code: the serialized program (graph,
+weights, dynamic dims), torch's version, the kernels' thread count and the CPU's ISA flags. A
+package hit is copied, not recompiled; the artifact reports the compile time either way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from torchship.artifact import AOTI_SUFFIX, Artifact, Format, Precision
+from torchship.errors import BackendUnavailableError, first_line
+from torchship.exporter.base import EXPORTERS, ExportOptions, quiet_torch
+from torchship.exporter.exported_program import to_exported_program
+from torchship.files import atomic_path, atomic_write_json
+from torchship.fingerprint import machine_fingerprint
+from torchship.loaded import LoadedModel
+from torchship.runtimes.tensorrt.cache import cache_root
+
+__all__ = ["AotiBuild", "compiler_unavailable_reason", "compile_aoti", "export_aoti"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AotiBuild:
+    """What a compile produced: seconds it took (when first built), threads, cache key, hit."""
+
+    compile_s: float
+    threads: int
+    key: str
+    cache_hit: bool
+
+    def details(self) -> dict:
+        return {
+            "compiler": "aotinductor",
+            "compile_s": round(self.compile_s, 2),
+            "compiled_threads": self.threads,
+            "cache_key": self.key,
+            "cache_hit": self.cache_hit,
+        }
+
+
+def compiler_unavailable_reason() -> str | None:
+    """None when inductor finds a C++ compiler here, else why not (AOTInductor needs one)."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception as exc:  # inductor raises its own InvalidCxxCompiler
+        return f"no C++ compiler for AOTInductor ({first_line(exc)}); install g++ or set CXX"
+    return None
+
+
+def compile_aoti(
+    program: torch.export.ExportedProgram, path: Path, *, threads: int | None = None
+) -> AotiBuild:
+    """Write `program` compiled by AOTInductor to `path` (atomically), from the cache if built.
+
+    BackendUnavailableError when there is no C++ compiler.
+    """
+    threads = threads or torch.get_num_threads()
+    key = _cache_key(program, threads)
+    folder = cache_root() / "aoti"
+    cached, meta = folder / f"{key}{AOTI_SUFFIX}", folder / f"{key}.json"
+    hit = cached.is_file() and meta.is_file()
+    if not hit:
+        reason = compiler_unavailable_reason()
+        if reason is not None:
+            raise BackendUnavailableError(f"aoti: {reason}")
+        compile_s = _compile(program, cached, threads=threads)
+        atomic_write_json(meta, {"compile_s": compile_s, "threads": threads})
+    else:
+        compile_s = float(json.loads(meta.read_text())["compile_s"])
+        log.info("aoti: cache hit %s (compiled in %.1f s)", key, compile_s)
+    with atomic_path(path, suffix=AOTI_SUFFIX) as tmp:
+        shutil.copyfile(cached, tmp)
+    return AotiBuild(compile_s, threads, key, hit)
+
+
+def _compile(program: torch.export.ExportedProgram, target: Path, *, threads: int) -> float:
+    import torch._inductor.config as inductor_config
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    # freezing folds weights into constants so inductor can pre-pack them for oneDNN (the
+    # INT8 PT2E path depends on it); cpp.threads fixes the OpenMP kernels' thread count.
+    patch = {"freezing": True, "cpp.threads": threads}
+    with atomic_path(target, suffix=AOTI_SUFFIX) as tmp, quiet_torch():
+        with inductor_config.patch(patch):
+            torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
+    seconds = time.perf_counter() - start
+    log.info("aoti: compiled %s in %.1f s (%d threads)", target.name, seconds, threads)
+    return seconds
+
+
+def _cache_key(program: torch.export.ExportedProgram, threads: int) -> str:
+    buffer = io.BytesIO()
+    with quiet_torch():
+        torch.export.save(program, buffer)
+    isa = machine_fingerprint().get("isa", {})
+    identity = {"torch": torch.__version__, "threads": threads, "isa": isa, "freezing": True}
+    digest = hashlib.sha256(buffer.getvalue())
+    digest.update(json.dumps(identity, sort_keys=True).encode())
+    return digest.hexdigest()[:32]
+
+
+@EXPORTERS.register("aoti")
+def export_aoti(model: LoadedModel, path: Path, *, options: ExportOptions) -> Artifact:
+    """Write a `.aoti.pt2` AOTInductor package, dynamic along the dims the specs name."""
+    build = compile_aoti(to_exported_program(model), path, threads=options.threads)
+    return Artifact.create(
+        path,
+        format=Format.AOTI,
+        inputs=model.inputs,
+        outputs=model.outputs,
+        precision=Precision.FP32,
+        details=build.details(),
+    )

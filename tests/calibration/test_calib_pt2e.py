@@ -1,0 +1,157 @@
+"""PT2E INT8 (`quantize --target xnnpack|x86-inductor`): the graph pass, the flow, exit codes."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from torchship.artifact import Format, Precision
+from torchship.calibration.pt2e import PT2E_TARGETS, split_repeated_calls
+from torchship.cli.main import main
+from torchship.errors import ConfigError
+from torchship.runtimes import get_runner
+
+CONVNET = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(8, 8, 3, padding=1)
+            self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+            self.relu = nn.ReLU()  # used twice, as ResNet blocks do
+
+        def forward(self, x):
+            return self.relu(self.conv2(self.relu(self.conv1(x))) + x)
+
+    def convnet():
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), Block(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+        ).eval()
+    """
+)
+
+
+def _available(target: str) -> str | None:
+    reason = get_runner(PT2E_TARGETS.get(target).runtime).unavailable_reason()
+    try:
+        PT2E_TARGETS.get(target).quantizer()
+    except Exception as exc:
+        reason = reason or str(exc)
+    return reason
+
+
+@pytest.fixture()
+def convnet(tmp_path):
+    path = tmp_path / "convnet.py"
+    path.write_text(CONVNET)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 1, (64, 1, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=images[:32])
+    np.savez(tmp_path / "eval.npz", x=images[32:], labels=rng.integers(0, 4, 32))
+    return f"{path}:convnet"
+
+
+def test_each_call_of_a_shared_module_gets_its_own_partition():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.relu = nn.Linear(4, 4), nn.ReLU()
+
+        def forward(self, x):
+            return self.relu(self.fc(self.relu(x)))
+
+    graph = torch.export.export(Shared().eval(), (torch.randn(2, 4),)).module()
+    assert split_repeated_calls(graph) == 2
+    fqns = [
+        next(reversed(n.meta["nn_module_stack"].values()))[0]
+        for n in graph.graph.nodes
+        if n.op == "call_function" and "relu" in n.name
+    ]
+    assert len(set(fqns)) == 2 and all(f.startswith("relu@") for f in fqns)
+    assert split_repeated_calls(graph) == 0  # nothing shared any more
+
+
+def _quantize(*argv) -> int:
+    return main(["quantize", *[str(a) for a in argv]])
+
+
+@pytest.mark.slow
+def test_xnnpack_writes_a_checked_int8_pte(convnet, tmp_path, capsys):
+    if _available("xnnpack"):
+        pytest.skip(_available("xnnpack"))
+    out = tmp_path / "q"
+    code = _quantize(
+        convnet, "--target", "xnnpack", "--input", "x:2x1x8x8", "--dynamic-batch",
+        "--calib", tmp_path / "calib.npz", "--eval", tmp_path / "eval.npz", "--max-drop", "100",
+        "-o", out, "--json", tmp_path / "report.json",
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "parity vs FP32 eager: min cosine" in captured.out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["parity"]["passed"] and report["accuracy"]["samples"] == 32
+    assert report["calibration"]["samples"] == 32
+    manifest = json.loads((out / "manifest.json").read_text())
+    (entry,) = manifest["artifacts"]
+    assert entry["path"] == "model.int8-xnnpack.pte" and entry["format"] == Format.EXECUTORCH.value
+    assert entry["precision"] == Precision.INT8.value and entry["details"]["max_dims"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "manifest.json", "model.int8-xnnpack.pte", "quantize_report.json",
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_x86_inductor_writes_an_int8_aoti_package(convnet, tmp_path, monkeypatch):
+    from torchship.quantize_pt2e import quantize_pt2e
+
+    if _available("x86-inductor"):
+        pytest.skip(_available("x86-inductor"))
+    monkeypatch.setenv("TORCHSHIP_CACHE_DIR", str(tmp_path / "cache"))
+    specs = [_spec()]
+    result = quantize_pt2e(
+        convnet, tmp_path / "q", target="x86-inductor", calib=tmp_path / "calib.npz",
+        inputs=specs, threads=1,
+    )  # fmt: skip
+    assert result.passed, result.report
+    assert result.artifact.path.name == "model.int8-x86-inductor.aoti.pt2"
+    assert result.artifact.format is Format.AOTI and result.artifact.precision is Precision.INT8
+    assert result.artifact.details["compiled_threads"] == 1
+    assert result.report["accuracy"] is None and "no --eval data" in result.warnings[0]
+
+
+def _spec():
+    from torchship.specs import InputSpec
+
+    return InputSpec(name="x", dtype="float32", shape=(2, 1, 8, 8), dynamic={0: "batch"})
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--target", "xnnpack"], "PT2E INT8 needs calibration data: --calib DATA"),
+        (["--target", "xnnpack", "--calib", "CALIB"], "-o is required when the model is not a"),
+    ],
+)
+def test_pt2e_bad_input_exits_2(argv, message, convnet, tmp_path, capsys):
+    if _available("xnnpack"):
+        pytest.skip(_available("xnnpack"))
+    argv = [str(tmp_path / "calib.npz") if a == "CALIB" else a for a in argv]
+    code = _quantize(convnet, "--input", "x:2x1x8x8", *argv)
+    err = capsys.readouterr().err
+    assert code == 2 and message in " ".join(err.split()), err
+    assert "Traceback" not in err
+
+
+def test_unknown_pt2e_target_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"unknown PT2E target 'arm'; valid: .*xnnpack"):
+        PT2E_TARGETS.get("arm")

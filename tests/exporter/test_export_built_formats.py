@@ -1,0 +1,92 @@
+"""The compiled and lowered formats: AOTInductor packages and ExecuTorch programs.
+
+Building them takes up to a minute (AOTInductor compiles C++), so the tiny artifacts are built
+once per session (`tiny_built` in tests/conftest.py) and reused here and by the runner contract.
+"""
+
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+
+from torchship.artifact import Artifact, Format, format_for_path
+from torchship.errors import BackendUnavailableError, ConfigError
+from torchship.exporter import aoti as aoti_module
+from torchship.exporter import export_model
+from torchship.exporter.parity import require_parity
+from torchship.runtimes import get_runner
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", [Format.AOTI, Format.EXECUTORCH])
+def test_built_format_matches_eager(fmt, tiny_built):
+    model, artifact = tiny_built(fmt)
+    report = require_parity(model, artifact)  # example, random and another batch size
+    assert report.runtime == fmt.value and len(report.cases) == 5
+    assert format_for_path(artifact.path) is fmt
+
+
+@pytest.mark.slow
+def test_aoti_reports_compile_time_and_hits_its_cache(tiny_built, built_cache_dir, tmp_path):
+    model, first = tiny_built(Format.AOTI)
+    assert first.details["compile_s"] > 0 and first.details["compiled_threads"] >= 1
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCHSHIP_CACHE_DIR", str(built_cache_dir))
+        (again,) = export_model(model, tmp_path, formats=["aoti"])
+    assert again.details["cache_hit"] and again.details["cache_key"] == first.details["cache_key"]
+    assert again.details["compile_s"] == first.details["compile_s"]
+    assert again.path.name == "model.aoti.pt2"
+
+
+@pytest.mark.slow
+def test_executorch_refuses_a_dim_above_its_bound(tiny_built):
+    _, artifact = tiny_built(Format.EXECUTORCH)
+    bound = artifact.details["max_dims"]["batch"]
+    with get_runner("executorch")(artifact) as runner:
+        assert runner.infer({"x": np.zeros((bound, 4), np.float32)})["y"].shape == (bound, 3)
+        with pytest.raises(ConfigError, match=rf"batch {bound + 1} exceeds {bound}"):
+            runner.infer({"x": np.zeros((bound + 1, 4), np.float32)})
+
+
+def test_aoti_without_a_compiler_is_unavailable(tiny_module, tmp_path, monkeypatch):
+    from torchship.loaded import LoadedModel
+    from torchship.specs import InputSpec
+
+    monkeypatch.setenv("TORCHSHIP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(aoti_module, "compiler_unavailable_reason", lambda: "no C++ compiler")
+    spec = InputSpec(name="x", dtype="float32", shape=(2, 4), dynamic={0: "batch"})
+    model = LoadedModel(tiny_module, (spec,), ("y",), source="tiny")
+    with pytest.raises(BackendUnavailableError, match="aoti: no C.. compiler"):
+        export_model(model, tmp_path / "out", formats=["aoti"])
+    assert not (tmp_path / "out" / "model.aoti.pt2").exists()
+
+
+def test_formats_are_told_apart_by_suffix_and_layout(tmp_path):
+    assert format_for_path("model.aoti.pt2") is Format.AOTI
+    assert format_for_path("model.PTE") is Format.EXECUTORCH
+    assert format_for_path("model.pt2") is Format.EXPORTED_PROGRAM  # not there: by suffix
+    renamed = tmp_path / "renamed.pt2"
+    with zipfile.ZipFile(renamed, "w") as archive:
+        archive.writestr("renamed/data/aotinductor/model/x.wrapper.so", b"")
+    assert format_for_path(renamed) is Format.AOTI
+    assert Format.parse("aoti") is Format.AOTI and Format.parse("executorch") is Format.EXECUTORCH
+    with pytest.raises(ConfigError, match="valid: .*aoti, executorch"):
+        Format.parse("tflite")
+
+
+@pytest.mark.parametrize(("name", "suffix"), [("aoti", ".aoti.pt2"), ("executorch", ".pte")])
+def test_corrupt_built_file_is_model_load_error(name, suffix, tmp_path):
+    from torchship.errors import ModelLoadError
+    from torchship.specs import InputSpec
+
+    cls = get_runner(name)
+    if cls.unavailable_reason() is not None:
+        pytest.skip(cls.unavailable_reason())
+    path = tmp_path / f"broken{suffix}"
+    path.write_bytes(b"\x00not a model\xff" * 10)
+    spec = InputSpec(name="x", dtype="float32", shape=(2, 4))
+    artifact = Artifact.create(path, format=format_for_path(path), inputs=[spec], outputs=["y"])
+    with pytest.raises(ModelLoadError, match=f"broken{suffix}"):
+        cls(artifact).load()

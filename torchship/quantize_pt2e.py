@@ -1,0 +1,178 @@
+"""`quantize --target xnnpack|x86-inductor`: a model source or `.pt2` -> a checked PT2E INT8 file.
+
+It joins the two layers that must not import each other: the exporter captures the model and
+lowers or compiles the quantized graph, calibration quantizes it (`calibration/pt2e.py`).
+Then the INT8 file is compared with FP32 eager on the first eval batches (the comparator, int8
+profile) and, with labelled eval data, its top-1 drop is held to the budget (the evaluator).
+A missed check still writes the artifact, marked: `passed` is then False (exit 1).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from torchship.artifact import Artifact, Precision
+from torchship.calibration.accuracy import within_budget
+from torchship.calibration.pt2e import PT2E_TARGETS, quantize_graph
+from torchship.calibration.quantize import QuantizeResult
+from torchship.data import LABELS_KEY, DataSet, ShortBatch, load_arrays, open_data
+from torchship.errors import ConfigError
+from torchship.exporter.base import ExportOptions, export_model
+from torchship.exporter.exported_program import to_exported_program
+from torchship.files import atomic_write_json
+from torchship.loaded import LoadedModel
+from torchship.manifest import build_manifest, write_manifest
+from torchship.runtimes.base import get_runner, require_available
+from torchship.runtimes.compare import compare_output
+from torchship.runtimes.evaluate import evaluate_top1
+from torchship.runtimes.tolerance import tolerance_for
+from torchship.sources import load_model
+from torchship.specs import InputSpec
+from torchship.staging import staged_output
+
+__all__ = ["PT2E_TARGET_NAMES", "quantize_pt2e"]
+
+log = logging.getLogger(__name__)
+
+PT2E_TARGET_NAMES = tuple(PT2E_TARGETS.names())
+REPORT_NAME = "quantize_report.json"
+_PARITY_BATCHES = 4
+
+
+def quantize_pt2e(
+    source: str | LoadedModel,
+    out: str | Path | None = None,
+    *,
+    target: str,
+    calib: str | Path | Mapping[str, np.ndarray],
+    eval_data: str | Path | Mapping[str, np.ndarray] | None = None,
+    max_drop: float | None = None,
+    inputs: Sequence[InputSpec] | None = None,
+    weights: str | Path | None = None,
+    trust_pickle: bool = False,
+    samples: int | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+    command: Sequence[str] | None = None,
+) -> QuantizeResult:
+    """PT2E INT8 of `source` for `target`; writes the artifact, a report and a manifest to `out`.
+
+    `out` defaults to `<source stem>-int8-<target>/` beside a file source, else in the current
+    folder only when given. BackendUnavailableError (exit 3) when the target's packages or
+    runtime are missing, before any work.
+    """
+    spec = PT2E_TARGETS.get(target)
+    require_available(spec.runtime)
+    spec.quantizer()  # fails now, naming the extra, rather than after loading the model
+    max_drop = 1.0 if max_drop is None else max_drop
+    if not 0 <= max_drop <= 100:
+        raise ConfigError(f"--max-drop {max_drop}: must be 0..100 percentage points")
+    model = source if isinstance(source, LoadedModel) else load_model(
+        source, inputs=inputs, weights=weights, trust_pickle=trust_pickle
+    )  # fmt: skip
+    out_dir = Path(out) if out is not None else _default_out(model, target)
+    calib_set = open_data(calib, inputs=model.inputs, samples=samples, seed=seed)
+    graph = to_exported_program(model).module()
+    quantized = replace(model, module=quantize_graph(
+        graph, inputs=model.inputs, target=target, calib=calib_set
+    ))  # fmt: skip
+    warnings: list[str] = []
+    with staged_output(out_dir) as stage:
+        (built,) = export_model(
+            quantized, stage, formats=[spec.format.value], options=ExportOptions(threads=threads),
+            stem=f"model.int8-{target}",
+        )  # fmt: skip
+        details = {**built.details, "quantizer": spec.about, "calibration": calib_set.describe()}
+        artifact = replace(built, precision=Precision.INT8, details=details)
+        report = _check(model, artifact, spec.runtime, calib_set, eval_data, max_drop, warnings)
+        report.update(target=target, calibration=calib_set.describe(), warnings=warnings)
+        atomic_write_json(stage / REPORT_NAME, report)
+        manifest = build_manifest(
+            stage, model=model, artifacts=[artifact], command=command,
+            metrics={k: report[k] for k in ("parity", "accuracy")},
+            gates={"passed": report["passed"]}, extra={"quantization": {"target": target}},
+        )  # fmt: skip
+        write_manifest(stage, manifest)
+    final = replace(artifact, path=out_dir / artifact.path.name)
+    return QuantizeResult(
+        final, out_dir, report["passed"], report, out_dir / "manifest.json", tuple(warnings)
+    )
+
+
+def _default_out(model: LoadedModel, target: str) -> Path:
+    path = Path(model.source)
+    if path.suffix and ":" not in path.name:
+        return path.parent / f"{path.stem}-int8-{target}"
+    raise ConfigError("-o is required when the model is not a file (where should it go?)")
+
+
+def _check(
+    model: LoadedModel,
+    artifact: Artifact,
+    runtime: str,
+    calib: DataSet,
+    eval_data,
+    max_drop: float,
+    warnings: list[str],
+) -> dict:
+    data = calib if eval_data is None else open_data(eval_data, inputs=model.inputs)
+    parity = _parity(model, artifact, runtime, data)
+    if not parity["passed"]:
+        warnings.append(f"parity vs FP32 eager failed: {parity['message']}")
+    accuracy = _accuracy(model, artifact, runtime, eval_data, max_drop, warnings)
+    passed = parity["passed"] and (accuracy is None or accuracy["passed"])
+    return {"runtime": runtime, "parity": parity, "accuracy": accuracy, "passed": passed}
+
+
+def _parity(model: LoadedModel, artifact: Artifact, runtime: str, data: DataSet) -> dict:
+    """INT8 vs FP32 eager on the first batches of real data (random inputs fall outside the
+    calibrated ranges), with the int8 tolerance profile."""
+    profile = tolerance_for("int8")
+    cases = []
+    with get_runner(runtime)(artifact) as runner:
+        for batch in itertools.islice(data.batches(short=ShortBatch.PAD), _PARITY_BATCHES):
+            expected, got = model.run(batch.feeds), runner.infer(batch.feeds)
+            cases += [
+                compare_output(batch.origin, name, expected[name], got, profile)
+                for name in model.outputs
+            ]
+    worst = min(cases, key=lambda c: c.cosine)
+    failed = next((c for c in cases if not c.passed), None)
+    return {
+        "passed": failed is None,
+        "comparisons": len(cases),
+        "min_cosine": round(worst.cosine, 6),
+        "min_cosine_required": profile.min_cosine,
+        "message": "" if failed is None else (failed.reason or f"cosine {failed.cosine:.5f}"),
+    }
+
+
+def _accuracy(model, artifact, runtime, eval_data, max_drop, warnings) -> dict | None:
+    if eval_data is None:
+        warnings.append("no --eval data: the top-1 budget is not checked (parity only)")
+        return None
+    arrays = load_arrays(eval_data, inputs=model.inputs, what="--eval")
+    labels = arrays.pop(LABELS_KEY, None)
+    if labels is None:
+        warnings.append("--eval data has no labels: the top-1 budget is not checked")
+        return None
+    fp32 = evaluate_top1("torch", model.eager(), arrays, labels)
+    int8 = evaluate_top1(runtime, artifact, arrays, labels)
+    drop = 100.0 * (fp32 - int8)
+    passed = within_budget(drop, max_drop)
+    if not passed:
+        warnings.append(f"accuracy budget missed: drop {drop:.2f} points > {max_drop:g}")
+    return {
+        "fp32_top1": round(fp32, 6),
+        "top1": round(int8, 6),
+        "drop": round(drop, 4),
+        "max_drop": max_drop,
+        "samples": int(len(labels)),
+        "passed": passed,
+    }

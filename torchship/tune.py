@@ -1,0 +1,336 @@
+"""The deployment search: build every runtime x precision candidate, verify, time, pick.
+
+Each candidate is built (export, ORT or PT2E INT8, compile, lower), held to the accuracy budget
+on held-out data through the evaluator, and timed through the bench layer; the fastest verified
+one is chosen and every other one gets the reason it lost. Candidates a runtime cannot run here
+are skipped with the reason; past `time_budget_s` the rest are not tried.
+"""
+
+from __future__ import annotations
+
+import enum
+import gc
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from torchship.artifact import Artifact
+from torchship.calibration import QuantizeOptions, quantize
+from torchship.data import LABELS_KEY, load_arrays
+from torchship.errors import ConfigError, ToolchainError, first_line
+from torchship.exporter import ExportOptions, export_model
+from torchship.files import atomic_write_json
+from torchship.loaded import LoadedModel
+from torchship.manifest import build_manifest, write_manifest
+from torchship.quantize_pt2e import quantize_pt2e
+from torchship.runtimes import BenchConfig, bench_runner, get_runner, require_available
+from torchship.runtimes.evaluate import evaluate_top1
+from torchship.staging import staged_output
+
+__all__ = [
+    "Candidate",
+    "CandidateResult",
+    "Outcome",
+    "Builds",
+    "TuneReport",
+    "default_candidates",
+    "search",
+    "tune_model",
+]
+
+log = logging.getLogger(__name__)
+
+#: Slack when comparing a drop with its budget (one sample in 400 is exactly 0.25 points).
+_TOLERANCE = 1e-9
+
+
+class Outcome(str, enum.Enum):
+    CHOSEN = "chosen"
+    VERIFIED = "verified"  # within budget, but slower than the chosen one
+    FAILED = "failed"  # built and run, over the accuracy budget
+    SKIPPED = "skipped"  # this machine cannot build or run it
+    NOT_TRIED = "not tried"  # the time budget was spent first
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to deploy: `build(builds)` makes the artifact that `runtime` runs."""
+
+    name: str
+    runtime: str
+    precision: str
+    build: Callable[[Builds], Artifact]
+
+
+@dataclass
+class CandidateResult:
+    candidate: Candidate
+    outcome: Outcome
+    reason: str = ""
+    artifact: Artifact | None = None
+    drop: float | None = None  # accuracy drop vs FP32 eager, percentage points
+    p50_ms: float | None = None
+    speedup: float | None = None  # reference p50 / this p50
+    facts: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.candidate.name,
+            "runtime": self.candidate.runtime,
+            "precision": self.candidate.precision,
+            "outcome": self.outcome.value,
+            "reason": self.reason,
+            "artifact": None if self.artifact is None else str(self.artifact.path),
+            "drop_points": None if self.drop is None else round(self.drop, 4),
+            "p50_ms": None if self.p50_ms is None else round(self.p50_ms, 4),
+            "speedup": None if self.speedup is None else round(self.speedup, 4),
+            "runtime_facts": self.facts,
+        }
+
+
+@dataclass
+class TuneReport:
+    results: list[CandidateResult]
+    batch: int
+    max_drop: float
+    reference: str
+
+    @property
+    def chosen(self) -> CandidateResult | None:
+        return next((r for r in self.results if r.outcome is Outcome.CHOSEN), None)
+
+    def to_dict(self) -> dict:
+        chosen = self.chosen
+        return {
+            "batch": self.batch,
+            "max_drop": self.max_drop,
+            "reference": self.reference,
+            "chosen": None if chosen is None else chosen.candidate.name,
+            "candidates": [r.to_dict() for r in self.results],
+        }
+
+
+class Builds:
+    """What candidates share while the search runs: the model, data, folder, and the artifacts
+    built so far (an INT8 QDQ file serves ORT and OpenVINO; it is made once)."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        folder: Path,
+        *,
+        calib: Mapping[str, np.ndarray],
+        eval_data: Mapping[str, np.ndarray],
+        max_drop: float,
+        threads: int | None,
+    ) -> None:
+        self.model, self.folder = model, Path(folder)
+        self.calib, self.eval_data = calib, eval_data
+        self.max_drop, self.threads = max_drop, threads
+        self._made: dict[str, Artifact] = {}
+
+    def once(self, key: str, make: Callable[[Path], Artifact]) -> Artifact:
+        """The artifact `key`, made by `make(folder)` on first use."""
+        if key not in self._made:
+            folder = self.folder / key
+            folder.mkdir(parents=True, exist_ok=True)
+            self._made[key] = make(folder)
+        return self._made[key]
+
+    def exported(self, fmt: str) -> Artifact:
+        options = ExportOptions(threads=self.threads, dynamo=False if fmt == "onnx" else None)
+        return self.once(
+            fmt, lambda d: export_model(self.model, d, formats=[fmt], options=options)[0]
+        )
+
+    def ort_int8(self) -> Artifact:
+        # A few nodes kept in FP32 at most: the search does not spend long on one candidate.
+        options = QuantizeOptions(
+            bench=False, max_drop=self.max_drop, threads=self.threads, max_excluded=4
+        )
+        return self.once(
+            "ort-int8",
+            lambda d: quantize(
+                self.exported("onnx"), d, calib=dict(self.calib), eval_data=dict(self.eval_data),
+                options=options,
+            ).artifact,
+        )  # fmt: skip
+
+    def pt2e_int8(self, target: str) -> Artifact:
+        return self.once(
+            f"pt2e-{target}",
+            lambda d: (
+                quantize_pt2e(
+                    self.model, d, target=target, calib=dict(self.calib), threads=self.threads
+                ).artifact
+            ),
+        )
+
+
+def default_candidates() -> list[Candidate]:
+    """Every runtime x precision torchship builds on CPU; the first is the reference."""
+    return [
+        Candidate("ort fp32", "ort-cpu", "fp32", lambda b: b.exported("onnx")),
+        Candidate("ort int8", "ort-cpu", "int8", lambda b: b.ort_int8()),
+        Candidate("openvino fp32", "openvino", "fp32", lambda b: b.exported("onnx")),
+        Candidate("openvino bf16", "openvino-bf16", "bf16", lambda b: b.exported("onnx")),
+        Candidate("openvino int8", "openvino", "int8", lambda b: b.ort_int8()),
+        Candidate("aoti fp32", "aoti", "fp32", lambda b: b.exported("aoti")),
+        Candidate("aoti int8", "aoti", "int8", lambda b: b.pt2e_int8("x86-inductor")),
+        Candidate("executorch fp32", "executorch", "fp32", lambda b: b.exported("executorch")),
+        Candidate("executorch int8", "executorch", "int8", lambda b: b.pt2e_int8("xnnpack")),
+        Candidate("torch eager", "torch", "fp32", lambda b: b.model.eager()),
+    ]
+
+
+Measure = Callable[[str, Artifact], tuple[float, dict]]
+
+
+def search(
+    candidates: Sequence[Candidate],
+    builds: Builds,
+    *,
+    batch: int = 8,
+    config: BenchConfig | None = None,
+    time_budget_s: float | None = None,
+    measure: Measure | None = None,
+) -> TuneReport:
+    """Build, verify and time each candidate in order; the first is the speed reference.
+
+    `measure(runtime, artifact) -> (p50 ms, runtime facts)` defaults to the bench layer at
+    `batch` with `config`.
+    """
+    config = config or BenchConfig(warmup=5, min_time_s=1.0, threads=builds.threads)
+    measure = measure or _bench_measure(config, batch)
+    reference = _eager_predictions(builds.model, builds.eval_data)
+    start, results = time.monotonic(), []
+    for candidate in candidates:
+        spent = time_budget_s is not None and time.monotonic() - start > time_budget_s
+        if results and spent:  # the reference always runs
+            results.append(CandidateResult(candidate, Outcome.NOT_TRIED, "time budget spent"))
+            continue
+        results.append(_try(candidate, builds, reference, measure))
+        gc.collect()
+    _rank(results)
+    return TuneReport(results, batch, builds.max_drop, candidates[0].name if candidates else "")
+
+
+def _try(candidate: Candidate, builds: Builds, reference, measure: Measure) -> CandidateResult:
+    get_runner(candidate.runtime)  # an unknown name is a ConfigError, not a skip
+    try:
+        require_available(candidate.runtime)
+        artifact = candidate.build(builds)
+    except ToolchainError as exc:  # unavailable here, or a quantizer/lowering refused the model
+        return CandidateResult(candidate, Outcome.SKIPPED, first_line(exc, limit=160))
+    drop = _drop(candidate.runtime, artifact, builds, reference)
+    result = CandidateResult(candidate, Outcome.VERIFIED, artifact=artifact, drop=drop)
+    if drop > builds.max_drop + _TOLERANCE:
+        result.outcome = Outcome.FAILED
+        result.reason = f"accuracy drop {drop:.2f} points > budget {builds.max_drop:g}"
+    result.p50_ms, result.facts = measure(candidate.runtime, artifact)
+    log.info("tune: %s p50 %.3f ms, drop %.2f points", candidate.name, result.p50_ms, drop)
+    return result
+
+
+def _rank(results: list[CandidateResult]) -> None:
+    """Speedups against the first candidate; the fastest verified one is chosen, the others
+    get the reason they lost."""
+    timed = [r for r in results if r.p50_ms]
+    base = results[0].p50_ms if results and results[0].p50_ms else None
+    for r in timed:
+        r.speedup = base / r.p50_ms if base else None
+    verified = [r for r in timed if r.outcome is Outcome.VERIFIED]
+    if not verified:
+        return
+    best = min(verified, key=lambda r: r.p50_ms)
+    best.outcome = Outcome.CHOSEN
+    best.reason = f"fastest verified: p50 {best.p50_ms:.3f} ms, drop {best.drop:.2f} points"
+    for r in verified:
+        if r is not best:
+            r.reason = f"slower: p50 {r.p50_ms:.3f} ms, {r.p50_ms / best.p50_ms:.2f}x the chosen"
+
+
+def _bench_measure(config: BenchConfig, batch: int) -> Measure:
+    def run(runtime: str, artifact: Artifact) -> tuple[float, dict]:
+        result = bench_runner(runtime, artifact, config=config, batch=batch)
+        return result.latency_ms["p50"], result.runtime_facts
+
+    return run
+
+
+def _eager_predictions(model: LoadedModel, data: Mapping[str, np.ndarray]) -> np.ndarray:
+    feeds = {s.name: np.asarray(data[s.name]) for s in model.inputs}
+    count = len(next(iter(feeds.values())))
+    chunks = [
+        model.run({k: v[i : i + 64] for k, v in feeds.items()})[model.outputs[0]]
+        for i in range(0, count, 64)
+    ]
+    return np.concatenate(chunks).argmax(axis=-1)
+
+
+def _drop(runtime: str, artifact: Artifact, builds: Builds, reference: np.ndarray) -> float:
+    """Top-1 drop vs FP32 eager in points: against labels when the eval data has them, else
+    the share of samples whose top-1 changed."""
+    data = builds.eval_data
+    feeds = {s.name: data[s.name] for s in builds.model.inputs}
+    labels = data.get(LABELS_KEY)
+    if labels is None:
+        return 100.0 * (1.0 - evaluate_top1(runtime, artifact, feeds, reference))
+    fp32 = float(np.mean(reference == np.asarray(labels)))
+    return 100.0 * (fp32 - evaluate_top1(runtime, artifact, feeds, np.asarray(labels)))
+
+
+REPORT_NAME = "tune_report.json"
+
+
+def tune_model(
+    model: LoadedModel,
+    out: str | Path,
+    *,
+    calib: str | Path,
+    eval_data: str | Path,
+    max_drop: float = 0.5,
+    batch: int = 8,
+    threads: int | None = None,
+    min_time_s: float = 1.0,
+    time_budget_s: float | None = None,
+    candidates: Sequence[Candidate] | None = None,
+    command: Sequence[str] | None = None,
+) -> TuneReport:
+    """Search the candidates for `model`; write every built artifact, `tune_report.json` and a
+    manifest whose `release` names the chosen artifact to `out` (staged, moved when complete)."""
+    if not 0 <= max_drop <= 100:
+        raise ConfigError(f"--max-drop {max_drop}: must be 0..100 percentage points")
+    calib_arrays = load_arrays(calib, inputs=model.inputs, what="--calib")
+    calib_arrays.pop(LABELS_KEY, None)
+    eval_arrays = load_arrays(eval_data, inputs=model.inputs, what="--eval")
+    config = BenchConfig(warmup=5, min_time_s=min_time_s, batches=(batch,), threads=threads)
+    with staged_output(out) as stage:
+        builds = Builds(
+            model, stage, calib=calib_arrays, eval_data=eval_arrays, max_drop=max_drop,
+            threads=threads,
+        )  # fmt: skip
+        report = search(
+            candidates or default_candidates(), builds, batch=batch, config=config,
+            time_budget_s=time_budget_s,
+        )  # fmt: skip
+        atomic_write_json(stage / REPORT_NAME, report.to_dict())
+        chosen = report.chosen
+        artifacts = [] if chosen is None or chosen.artifact.path.name == "<eager>" else [
+            chosen.artifact
+        ]  # fmt: skip
+        release = None if chosen is None else {
+            "candidate": chosen.candidate.name, "runtime": chosen.candidate.runtime,
+            "artifact": artifacts[0].path.relative_to(stage).as_posix() if artifacts else None,
+        }  # fmt: skip
+        manifest = build_manifest(
+            stage, model=model, artifacts=artifacts, command=command,
+            metrics={"tune": report.to_dict()}, gates={"passed": chosen is not None},
+            extra={"release": release},
+        )  # fmt: skip
+        write_manifest(stage, manifest)
+    return report
