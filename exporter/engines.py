@@ -20,6 +20,7 @@ import numpy as np
 from torchship.artifact import Artifact, Format, Precision
 from torchship.errors import ConfigError, ParityError
 from torchship.files import atomic_path, atomic_write_json, sha256_file
+from torchship.fingerprint import machine_fingerprint, software_fingerprint
 from torchship.manifest import MANIFEST_NAME
 from torchship.runtimes.base import get_runner
 from torchship.runtimes.compare import CaseResult, ParityReport, compare_runs
@@ -194,8 +195,6 @@ def _read_or_new(path: Path, onnx: Artifact) -> dict:
             f"{path}: exists and is not a torchship manifest; write the engine to another "
             "directory with -o"
         )
-    from torchship.fingerprint import machine_fingerprint, software_fingerprint
-
     return {
         "schema": _SCHEMA,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from torchship.artifact import FILE_FORMATS, Artifact, Format
 from torchship.errors import ConfigError
-from torchship.exporter import ExportOptions, export_model, require_parity
-from torchship.exporter.reference import save_references
+from torchship.exporter import ExportOptions
+from torchship.exporter.checked import export_checked
 from torchship.loaded import LoadedModel
 from torchship.manifest import build_manifest, write_manifest
 from torchship.runtimes import (
@@ -67,9 +67,7 @@ def export(
     options = options or ExportOptions()
     keep = [model.source, *([weights] if weights is not None else [])]
     with staged_output(out_dir, keep=keep) as stage:
-        artifacts = export_model(model, stage, formats=names, options=options)
-        reports = {a.path.name: require_parity(model, a) for a in artifacts}
-        save_references(model, stage)
+        artifacts, reports = export_checked(model, stage, formats=names, options=options)
         manifest = build_manifest(
             stage,
             model=model,

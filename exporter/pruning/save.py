@@ -13,10 +13,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from torchship.artifact import FILE_FORMATS, Artifact
-from torchship.exporter.base import export_model
-from torchship.exporter.parity import require_parity
+from torchship.exporter.checked import export_checked
 from torchship.exporter.passes import run_passes
-from torchship.exporter.reference import save_references
 from torchship.loaded import LoadedModel
 from torchship.manifest import build_manifest, write_manifest
 from torchship.staging import staged_output
@@ -54,11 +52,12 @@ def save_pruned(
     names = list(formats) if formats else list(FILE_FORMATS)
     export_from, passes = run_passes(model) if fold_batchnorm else (model, [])
     with staged_output(out_dir, keep=[model.source]) as stage:
-        artifacts = export_model(export_from, stage, formats=names, options=options)
-        parity = {a.path.name: require_parity(model, a).to_dict() for a in artifacts}
+        artifacts, reports = export_checked(
+            model, stage, formats=names, options=options, export_from=export_from
+        )
+        parity = {name: report.to_dict() for name, report in reports.items()}
         state = {k: v.detach().contiguous().clone() for k, v in model.module.state_dict().items()}
         save_file(state, str(stage / WEIGHTS_NAME))
-        save_references(model, stage)
         manifest = build_manifest(
             stage,
             model=model,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torchship.artifact import FILE_FORMATS, Format
-from torchship.exporter import ExportOptions, export_model, require_parity
-from torchship.exporter.reference import save_references
+from torchship.exporter import ExportOptions
+from torchship.exporter.checked import export_checked
 from torchship.pipeline.step import FP32, PipelineState, Step, StepResult, artifact_role
 
 __all__ = ["ExportStep"]
@@ -34,11 +34,10 @@ class ExportStep(Step):
     def run(self, state: PipelineState) -> StepResult:
         model = state.models[self.model]
         state.progress(self.message or "exporting " + ", ".join(self.formats))
-        artifacts = export_model(model, state.stage, formats=self.formats, options=self.options)
-        parity = {}
-        for artifact in artifacts:
-            state.progress(f"checking {artifact.path.name} against eager PyTorch")
-            parity[artifact.path.name] = require_parity(model, artifact).to_dict()
-        save_references(model, state.stage)
+        artifacts, reports = export_checked(
+            model, state.stage, formats=self.formats, options=self.options,
+            progress=state.progress,
+        )  # fmt: skip
+        parity = {name: report.to_dict() for name, report in reports.items()}
         roles = {artifact_role(self.model, a.format): a for a in artifacts}
         return StepResult(artifacts=roles, parity=parity, referenced=set(roles))
