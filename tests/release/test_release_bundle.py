@@ -46,8 +46,9 @@ def test_bundle_holds_everything(demo_bundle):
 
 def test_failed_gate_writes_a_bundle_marked_failed(demo_bundle, tmp_path, capsys, pipeline_file):
     from torchship.regression.baselines import save_baseline
+    from torchship.runtimes import load_bench_document
 
-    save_baseline(json.loads((demo_bundle / "bench.json").read_text()), "main", root=tmp_path / "b")
+    save_baseline(load_bench_document(demo_bundle / "bench.json"), "main", root=tmp_path / "b")
     gates = 'max_p90_ms = 0.000001\nbaseline = "main"\nbaseline_dir = "b"\nthreshold_pct = 900'
     path = pipeline_file(tmp_path, extra_gates=gates)
     assert main(["ship", str(path)]) == 1
@@ -190,12 +191,13 @@ def test_latency_gates_judge_shipped_artifacts_not_eager(tmp_path, pipeline_file
 
 def test_inconclusive_baseline_comparison_fails_the_gate(tmp_path, pipeline_file):
     from torchship.pipeline.bundle import _baseline_gate
+    from torchship.runtimes import BenchDocument, BenchResult
 
     def document(samples):
-        return {"results": [{
-            "artifact": "model.onnx", "runtime": "ort-cpu", "precision": "fp32", "batch": 8,
-            "samples_ms": samples,
-        }]}  # fmt: skip
+        return BenchDocument(results=(BenchResult(
+            artifact="model.onnx", runtime="ort-cpu", precision="fp32", batch=8,
+            samples_ms=samples, sha256="0" * 64, latency_ms={},
+        ),))  # fmt: skip
 
     config = load_pipeline(pipeline_file(tmp_path, extra_gates='baseline = "main"\n'))
     gate = _baseline_gate(config, document([1.0] * 5), document([3.0] * 5))
