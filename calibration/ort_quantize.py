@@ -13,6 +13,7 @@ import onnx
 
 from torchship.calibration.presets import QuantPreset
 from torchship.errors import ExportError, ModelLoadError
+from torchship.interrupts import reraise_interrupt
 
 __all__ = [
     "QUANTIZABLE_WEIGHT_OPS",
@@ -73,6 +74,7 @@ def preprocess(src: Path, dst: Path) -> str:
                 quant_pre_process(str(src), str(dst), **kwargs)
             return label
         except Exception as exc:  # ORT's helpers raise many kinds
+            reraise_interrupt(exc)  # not a reason to try the next way
             log.info("quant pre-processing (%s) failed: %s", label, exc)
     onnx.save(onnx.load(str(src)), str(dst))
     log.warning("%s: ORT pre-processing failed; quantizing the graph as exported", src.name)

@@ -15,6 +15,7 @@ from pathlib import Path
 from torchship.artifact import Artifact, Format, Precision
 from torchship.errors import BackendUnavailableError, CheckFailedError, ConfigError
 from torchship.files import sha256_file
+from torchship.interrupts import reraise_interrupt
 from torchship.manifest import MANIFEST_NAME, read_manifest
 from torchship.specs import InputSpec
 
@@ -177,6 +178,7 @@ def _artifact_check(bundle: Path, entry: dict, feeds_list, outputs_list) -> Veri
     except BackendUnavailableError as exc:
         return VerifyCheck(rel, "parity", "skipped", str(exc))
     except Exception as exc:  # a swapped file may not even load: that is a failed check
+        reraise_interrupt(exc)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return VerifyCheck(rel, "parity", "failed", f"cannot run it: {first}")
     return VerifyCheck(rel, "parity", "ok", f"{len(feeds_list)} reference cases on {runtime}")
