@@ -10,6 +10,7 @@ __all__ = [
     "EXIT_UNAVAILABLE",
     "ToolchainError",
     "ConfigError",
+    "OutputError",
     "ModelLoadError",
     "ExportError",
     "ParityError",
@@ -32,6 +33,13 @@ class ToolchainError(Exception):
 
 class ConfigError(ToolchainError):
     """Bad usage: an unknown name, a malformed flag, a value out of range."""
+
+
+class OutputError(ConfigError):
+    """An output cannot be written: a full disk, a read-only or forbidden folder, one in use."""
+
+    #: the file that could not be written, when known
+    path: object = None
 
 
 class ModelLoadError(ToolchainError):

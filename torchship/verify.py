@@ -16,6 +16,7 @@ from torchship.artifact import Artifact, Format, Precision
 from torchship.errors import BackendUnavailableError, CheckFailedError, ConfigError
 from torchship.files import sha256_file
 from torchship.interrupts import reraise_interrupt
+from torchship.locks import INSIDE_LOCK_NAME, output_lock
 from torchship.manifest import MANIFEST_NAME, read_manifest
 from torchship.specs import InputSpec
 
@@ -71,16 +72,21 @@ class VerifyReport:
 
 
 def verify_bundle(bundle: str | Path) -> VerifyReport:
-    """Run every check and collect the results; raises only when there is no manifest."""
+    """Run every check and collect the results; raises only when there is no manifest.
+
+    It reads holding the bundle's shared lock (torchship.locks): while a command writes the
+    bundle, verify waits for it, and never sees a bundle half-replaced.
+    """
     bundle = Path(bundle)
     if not bundle.is_dir():
         raise ConfigError(f"{bundle}: not a directory (expected a bundle with {MANIFEST_NAME})")
-    manifest = read_manifest(bundle)
-    _check_manifest(bundle, manifest)
-    report = VerifyReport(bundle)
-    report.checks += _hash_checks(bundle, manifest)
-    if report.passed:  # reloading tampered files proves nothing more
-        report.checks += _parity_checks(bundle, manifest)
+    with output_lock(bundle, shared=True):
+        manifest = read_manifest(bundle)
+        _check_manifest(bundle, manifest)
+        report = VerifyReport(bundle)
+        report.checks += _hash_checks(bundle, manifest)
+        if report.passed:  # reloading tampered files proves nothing more
+            report.checks += _parity_checks(bundle, manifest)
     return report
 
 
@@ -114,6 +120,8 @@ def _hash_checks(bundle: Path, manifest: dict) -> list[VerifyCheck]:
     # hidden files too: torchship never writes one into a bundle, so one there was added
     for path in sorted(bundle.rglob("*")):
         rel = path.relative_to(bundle).as_posix()
+        if rel == INSIDE_LOCK_NAME:
+            continue  # the lock of a bundle whose parent folder is read-only
         if path.is_file() and rel != MANIFEST_NAME and rel not in listed:
             checks.append(VerifyCheck(rel, "listed", "failed", "not listed in the manifest"))
     return checks
