@@ -189,6 +189,8 @@ def parse_pipeline(text: str, *, path: Path | None = None) -> PipelineConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses per nested array / inline table
+        raise ConfigError(f"{where}: not valid TOML: arrays or tables nested too deeply") from None
     lines = _LineIndex(text, where)
     _check_keys(data, _TOP_KEYS, lines, table=None)
     head = _table(data, "pipeline", lines)
@@ -327,6 +329,10 @@ def _validate(config: PipelineConfig, lines: _LineIndex) -> None:
             CompareConfig(threshold_pct=gates.threshold_pct)
         except ConfigError as exc:
             raise ConfigError(f"{lines.at('gates', 'threshold_pct')}: {exc}") from None
+    drop = config.quantize.max_drop if config.quantize is not None else None
+    if drop is not None and not 0 <= drop <= 100:  # NaN too: up front, not after the export
+        where = lines.at("quantize", "max_drop")
+        raise ConfigError(f"{where}: must be 0..100 percentage points, got {drop}")
     if config.prune is not None and not 0 < config.prune.ratio < 1:
         raise ConfigError(
             f"{lines.at('prune', 'ratio')}: must be in (0, 1), got {config.prune.ratio}"
