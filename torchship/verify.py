@@ -116,22 +116,25 @@ def _check_manifest(bundle: Path, manifest: object) -> None:
 def _hash_checks(bundle: Path, manifest: dict) -> list[VerifyCheck]:
     entries = manifest["files"]
     checks = [_hash_check(bundle, entry) for entry in entries]
-    listed = {e.get("path") for e in entries}
+    listed = _paths(entries)
     # hidden files too: torchship never writes one into a bundle, so one there was added
     for path in sorted(bundle.rglob("*")):
         rel = path.relative_to(bundle).as_posix()
         if rel == INSIDE_LOCK_NAME:
             continue  # the lock of a bundle whose parent folder is read-only
-        if path.is_file() and rel != MANIFEST_NAME and rel not in listed:
+        if path.is_symlink() and rel not in listed:
+            checks.append(VerifyCheck(rel, "listed", "failed", "a symbolic link (added)"))
+        elif path.is_file() and rel != MANIFEST_NAME and rel not in listed:
             checks.append(VerifyCheck(rel, "listed", "failed", "not listed in the manifest"))
     return checks
 
 
 def _hash_check(bundle: Path, entry: dict) -> VerifyCheck:
-    rel = str(entry.get("path", "?"))
+    rel = entry.get("path")
+    problem = _path_problem(bundle, rel)
+    if problem:
+        return VerifyCheck(_kind(rel).strip("'"), "sha256", "failed", problem)
     path = bundle / rel
-    if not path.resolve().is_relative_to(bundle.resolve()):
-        return VerifyCheck(rel, "sha256", "failed", "path leaves the bundle")
     if not path.is_file():
         return VerifyCheck(rel, "sha256", "failed", "missing (deleted)")
     size = path.stat().st_size
@@ -145,11 +148,48 @@ def _hash_check(bundle: Path, entry: dict) -> VerifyCheck:
     return VerifyCheck(rel, "sha256", "ok")
 
 
+def _path_problem(bundle: Path, rel: object) -> str | None:
+    """Why a manifest path cannot name a file of this bundle, None when it can."""
+    if not isinstance(rel, str) or not rel or "\0" in rel:
+        return f"path must be a file name inside the bundle, found {_kind(rel)}"
+    if Path(rel).is_absolute() or ".." in Path(rel).parts:
+        return "path leaves the bundle"
+    path = bundle / rel
+    try:
+        inside = path.resolve().is_relative_to(bundle.resolve())
+        link = any(p.is_symlink() for p in [path, *path.parents] if _below(p, bundle))
+    except (OSError, RuntimeError, ValueError) as exc:  # too long, a symlink loop
+        return f"path cannot be read: {type(exc).__name__}"
+    if not inside:
+        return "path leaves the bundle"
+    if link:
+        return "a symbolic link (torchship writes none)"
+    return None
+
+
+def _paths(entries: list[dict]) -> set[str]:
+    return {p for e in entries if isinstance(p := e.get("path"), str)}
+
+
+def _below(path: Path, bundle: Path) -> bool:
+    return path != bundle and path.is_relative_to(bundle)
+
+
+def _kind(value: object) -> str:
+    return repr(value)[:60] if isinstance(value, str) else type(value).__name__
+
+
 def _parity_checks(bundle: Path, manifest: dict) -> list[VerifyCheck]:
     entries = [a for a in manifest.get("artifacts", []) if a.get("format") != Format.EAGER.value]
+    hashed = _paths(manifest["files"])
     references: dict[Path, tuple] = {}
     checks = []
     for entry in entries:
+        rel = entry.get("path")
+        if not isinstance(rel, str) or rel not in hashed:  # only files just hashed are run
+            detail = "not in the manifest's files (its hash is unchecked)"
+            checks.append(VerifyCheck(_kind(rel).strip("'"), "parity", "failed", detail))
+            continue
         folder = _reference_dir(bundle, bundle / str(entry.get("path")))
         if folder not in references:
             from torchship.exporter import load_reference
