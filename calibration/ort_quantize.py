@@ -13,6 +13,7 @@ import onnx
 
 from torchship.calibration.presets import QuantPreset
 from torchship.errors import ExportError, ModelLoadError
+from torchship.files import scratch_cwd
 from torchship.interrupts import reraise_interrupt
 
 __all__ = [
@@ -68,9 +69,13 @@ def preprocess(src: Path, dst: Path) -> str:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     attempts = (("full", {}), ("no symbolic shapes", {"skip_symbolic_shape": True}))
+    src, dst = Path(src).absolute(), Path(dst).absolute()
     for label, kwargs in attempts:
         try:
-            with quiet_ort():
+            # ORT saves `sym_shape_infer_temp.onnx` (+ external data) into the working directory
+            # when symbolic shape inference is incomplete (transformers): keep that out of the
+            # user's folder (docs/design.md, "Measured facts")
+            with quiet_ort(), scratch_cwd("torchship-ort-"):
                 quant_pre_process(str(src), str(dst), **kwargs)
             return label
         except Exception as exc:  # ORT's helpers raise many kinds

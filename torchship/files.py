@@ -29,6 +29,7 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_json",
     "atomic_dir",
+    "scratch_cwd",
     "import_python_file",
 ]
 
@@ -204,6 +205,20 @@ def _make_readable(root: Path) -> None:
     for path in [root, *root.rglob("*")]:
         if not path.is_symlink():
             path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+@contextlib.contextmanager
+def scratch_cwd(prefix: str) -> Iterator[Path]:
+    """Run the block in a new temporary working directory, removed afterwards: for library
+    calls that write scratch files into the current directory. (The working directory is the
+    process's: use it around calls that give absolute paths.)"""
+    previous = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+        os.chdir(folder)
+        try:
+            yield Path(folder)
+        finally:
+            os.chdir(previous)
 
 
 def import_python_file(path: Path) -> types.ModuleType:
