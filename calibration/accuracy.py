@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from torchship.data import Batch, DataSet, ShortBatch, check_label_range
-from torchship.errors import CalibrationError
+from torchship.errors import CalibrationError, ModelLoadError, first_line
+from torchship.interrupts import reraise_interrupt
 
 __all__ = ["EvalOutputs", "Accuracy", "run_eval", "compare_accuracy", "near_chance_warning"]
 
@@ -75,14 +76,22 @@ def run_eval(model_path: Path, data: DataSet, *, threads: int | None = None) -> 
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
-    session = onnxruntime.InferenceSession(
-        str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
-    )
+    try:
+        session = onnxruntime.InferenceSession(
+            str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # ORT's own types; a quantized graph ORT made may not load either
+        reraise_interrupt(exc)
+        reason = first_line(exc)
+        raise ModelLoadError(f"{model_path}: onnxruntime cannot load it ({reason})") from exc
     first = session.get_outputs()[0].name
     rows, labels = [], []
     for batch in data.batches(short=ShortBatch.PAD):  # padding rows are cut from the outputs
         out = _run_batch(session, first, batch, Path(model_path).name)
         out = out.reshape(out.shape[0], -1) if out.ndim != 2 else out
+        if not out.size:  # nothing to score: refuse it here, not in argmax
+            raise CalibrationError(f"{batch.origin}: {Path(model_path).name} returned an empty "
+                                   f"output {list(out.shape)}; accuracy needs values")  # fmt: skip
         rows.append(out[: batch.samples])
         if batch.labels is not None:
             check_label_range(batch.labels, out.shape[1], what=batch.origin)

@@ -53,10 +53,11 @@ DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Attention")
 
 @contextlib.contextmanager
 def quiet_ort() -> Iterator[None]:
-    """ORT's quantization tools print and warn on stdout/logging; keep the library silent."""
+    """ORT's quantization tools print and warn on stdout/logging; keep the library silent.
+    Their ERROR records too (tracebacks of steps that torchship retries or reports itself)."""
     logger = logging.getLogger()
     level = logger.level
-    logger.setLevel(max(level, logging.ERROR))
+    logger.setLevel(max(level, logging.CRITICAL))
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
