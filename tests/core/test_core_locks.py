@@ -12,10 +12,14 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from torchship.cli import main
 from torchship.errors import ConfigError, OutputError
+from torchship.exporter import engines
 from torchship.files import atomic_dir
 from torchship.locks import LOCK_TIMEOUT_ENV, lock_paths, output_lock
 from torchship.staging import staged_output
@@ -184,3 +188,42 @@ def test_concurrent_writers_never_interleave_and_a_reader_never_sees_half(tmp_pa
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "out"]
     assert leftovers == []  # no staging folder, no lock file
     assert [p.name for p in target.iterdir() if p.name.startswith(".")] == []
+
+
+def _tiny_onnx(path: Path) -> Path:
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        [numpy_helper.from_array(np.ones(4, np.float32), "w")],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path
+
+
+class _Build:
+    """What build_engine returns, for a machine without TensorRT: the write path is tested."""
+
+    plan, cached = b"serialized engine", False
+
+    class info:  # noqa: N801 (stands in for EngineInfo)
+        @staticmethod
+        def to_dict() -> dict:
+            return {"precision": "fp32"}
+
+
+def test_build_engine_writes_its_file_and_manifest_entry_under_the_folder_lock(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(engines, "build_engine", lambda onnx, **kwargs: _Build())
+    onnx_path = _tiny_onnx(tmp_path / "model.onnx")
+    out = tmp_path / "engines"
+    monkeypatch.setenv(LOCK_TIMEOUT_ENV, "0")
+    with held(out) as pid, pytest.raises(OutputError, match=f"in use by PID {pid}"):
+        engines.build_engine_file(onnx_path, out=out, parity=False)
+    assert not any(out.iterdir())
+    result = engines.build_engine_file(onnx_path, out=out, parity=False)
+    manifest = json.loads(result.manifest_path.read_text())
+    assert [f["path"] for f in manifest["files"]] == [result.artifact.path.name]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.fp32.engine"]
+    assert not any(p.exists() for p in lock_paths(out))
