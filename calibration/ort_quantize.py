@@ -74,8 +74,8 @@ def preprocess(src: Path, dst: Path) -> str:
     for label, kwargs in attempts:
         try:
             # ORT saves `sym_shape_infer_temp.onnx` (+ external data) into the working directory
-            # when symbolic shape inference is incomplete (transformers): keep that out of the
-            # user's folder (docs/design.md, "Measured facts")
+            # when symbolic shape inference is incomplete (transformers): not into the user's
+            # (docs/design.md, "Measured facts that shaped this")
             with quiet_ort(), scratch_cwd("torchship-ort-"):
                 quant_pre_process(str(src), str(dst), **kwargs)
             return label
