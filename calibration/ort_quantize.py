@@ -13,6 +13,8 @@ import onnx
 
 from torchship.calibration.presets import QuantPreset
 from torchship.errors import ExportError, ModelLoadError
+from torchship.files import scratch_cwd
+from torchship.interrupts import reraise_interrupt
 
 __all__ = [
     "QUANTIZABLE_WEIGHT_OPS",
@@ -51,10 +53,11 @@ DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Attention")
 
 @contextlib.contextmanager
 def quiet_ort() -> Iterator[None]:
-    """ORT's quantization tools print and warn on stdout/logging; keep the library silent."""
+    """ORT's quantization tools print and warn on stdout/logging; keep the library silent.
+    Their ERROR records too (tracebacks of steps that torchship retries or reports itself)."""
     logger = logging.getLogger()
     level = logger.level
-    logger.setLevel(max(level, logging.ERROR))
+    logger.setLevel(max(level, logging.CRITICAL))
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
@@ -67,12 +70,17 @@ def preprocess(src: Path, dst: Path) -> str:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     attempts = (("full", {}), ("no symbolic shapes", {"skip_symbolic_shape": True}))
+    src, dst = Path(src).absolute(), Path(dst).absolute()
     for label, kwargs in attempts:
         try:
-            with quiet_ort():
+            # ORT saves `sym_shape_infer_temp.onnx` (+ external data) into the working directory
+            # when symbolic shape inference is incomplete (transformers): not into the user's
+            # (docs/design.md, "Measured facts that shaped this")
+            with quiet_ort(), scratch_cwd("torchship-ort-"):
                 quant_pre_process(str(src), str(dst), **kwargs)
             return label
         except Exception as exc:  # ORT's helpers raise many kinds
+            reraise_interrupt(exc)  # not a reason to try the next way
             log.info("quant pre-processing (%s) failed: %s", label, exc)
     onnx.save(onnx.load(str(src)), str(dst))
     log.warning("%s: ORT pre-processing failed; quantizing the graph as exported", src.name)

@@ -34,6 +34,7 @@ from torchship.calibration.sensitivity import FallbackResult, fallback_loop
 from torchship.data import DataSet, open_data
 from torchship.errors import ConfigError
 from torchship.files import atomic_write_json
+from torchship.runtimes.base import get_runner
 from torchship.specs import random_feeds
 
 __all__ = ["Mode", "QuantizeOptions", "QuantizeResult", "quantize", "open_source"]
@@ -145,6 +146,8 @@ def open_source(model: str | Path | Artifact) -> Artifact:
         )
     if artifact.precision is not Precision.FP32:
         raise ConfigError(f"{artifact.path}: already {artifact.precision.value}; give the FP32 one")
+    with get_runner("ort-cpu")(artifact):  # ModelLoadError (exit 2) now, not after the work
+        pass
     found = ort_quantize.quantized_op_types(artifact.path)
     if found:
         raise ConfigError(

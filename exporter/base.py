@@ -14,6 +14,7 @@ import torch
 
 from torchship.artifact import Artifact, Format
 from torchship.errors import ConfigError, ExportError, ToolchainError, first_line
+from torchship.interrupts import reraise_interrupt
 from torchship.loaded import LoadedModel, eval_mode, to_torch_inputs
 from torchship.registry import Registry
 from torchship.specs import InputSpec
@@ -160,6 +161,7 @@ def _run_exporter(
     except ToolchainError:
         raise
     except Exception as exc:
+        reraise_interrupt(exc)  # an interrupt inside torch is not a failed export
         raise ExportError(f"{name} export of {path.name} failed: {first_line(exc)}") from exc
 
 

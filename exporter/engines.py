@@ -19,8 +19,9 @@ import numpy as np
 
 from torchship.artifact import Artifact, Format, Precision
 from torchship.errors import ConfigError, ParityError
-from torchship.files import atomic_path, atomic_write_json, sha256_file
+from torchship.files import atomic_path, atomic_write_json, make_parent, sha256_file
 from torchship.fingerprint import machine_fingerprint, software_fingerprint
+from torchship.locks import output_lock
 from torchship.manifest import MANIFEST_NAME
 from torchship.runtimes.base import get_runner
 from torchship.runtimes.compare import CaseResult, ParityReport, compare_runs
@@ -87,15 +88,19 @@ def build_engine_file(
     target = engine_output_path(onnx.path, out, options.precision)
     build = build_engine(onnx, options=options, cache=cache)
     details = {"tensorrt": build.info.to_dict()}
-    with atomic_path(target) as tmp:
-        tmp.write_bytes(build.plan)
-        staged = Artifact.create(
-            tmp, format=Format.TENSORRT_ENGINE, inputs=onnx.inputs, outputs=onnx.outputs,
-            precision=options.precision, details=details,
-        )  # fmt: skip
-        report = require_engine_parity(staged, onnx) if parity else None
-    artifact = replace(staged, path=target)
-    manifest = _add_to_manifest(artifact, onnx=onnx, parity=report, command=command)
+    make_parent(target)
+    # the folder's lock (torchship.locks) over the engine and its manifest entry: two builds
+    # into one folder would otherwise lose one's entry, and verify could see one without it
+    with output_lock(target.parent):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(build.plan)
+            staged = Artifact.create(
+                tmp, format=Format.TENSORRT_ENGINE, inputs=onnx.inputs, outputs=onnx.outputs,
+                precision=options.precision, details=details,
+            )  # fmt: skip
+            report = require_engine_parity(staged, onnx) if parity else None
+        artifact = replace(staged, path=target)
+        manifest = _add_to_manifest(artifact, onnx=onnx, parity=report, command=command)
     return EngineFileResult(artifact, build.info, build.cached, report, manifest)
 
 

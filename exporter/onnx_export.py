@@ -23,6 +23,7 @@ from torchship.exporter.base import (
     quiet_torch,
 )
 from torchship.files import atomic_path
+from torchship.interrupts import reraise_interrupt
 from torchship.loaded import LoadedModel, eval_mode
 from torchship.onnx_io import onnx_dtype_name
 from torchship.specs import InputSpec, random_feeds
@@ -70,6 +71,9 @@ def _export_any(model: LoadedModel, tmp: Path, options: ExportOptions) -> str:
     try:
         export_onnx_dynamo(model, tmp, opset=opset)
     except Exception as exc:
+        # torch's capture strategies turn an interrupt into their own errors (docs/design.md,
+        # "Exit codes and errors"): stop, do not fall back to the legacy exporter
+        reraise_interrupt(exc)
         if options.dynamo:
             raise ExportError(f"dynamo ONNX export failed: {first_line(exc)}") from exc
         log.warning(
@@ -151,6 +155,7 @@ def _output_dynamic_axes(model: LoadedModel) -> dict[str, dict[int, str]]:
         out_a = model.run(_feeds_with_sizes(model.inputs, first))
         out_b = model.run(_feeds_with_sizes(model.inputs, second))
     except Exception as exc:  # a model with shape constraints the probe does not meet
+        reraise_interrupt(exc)
         log.warning("could not probe output shapes (%s); outputs keep fixed dims", first_line(exc))
         return {}
     by_sizes = {(first[n], second[n]): n for n in names}

@@ -18,6 +18,7 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
+from torchship.interrupts import reraise_interrupt
 from torchship.loaded import LoadedModel, eval_mode
 from torchship.registry import Registry
 
@@ -55,6 +56,7 @@ def fold_batchnorm(module: nn.Module) -> PassResult:
     try:
         traced = fx.symbolic_trace(module)
     except Exception as exc:  # data-dependent control flow: leave the model as it is
+        reraise_interrupt(exc)
         reason = f"fx tracing failed ({type(exc).__name__}); BatchNorm left unfolded"
         log.warning("fold-batchnorm: %s", reason)
         return PassResult("fold-batchnorm", module, (), reason)

@@ -19,6 +19,7 @@ from torchship.artifact import Artifact
 from torchship.errors import ModelLoadError
 from torchship.files import atomic_write_text
 from torchship.loaded import LoadedModel
+from torchship.npyio import read_npy
 from torchship.runtimes.base import default_runtime_for, get_runner
 from torchship.specs import random_feeds
 
@@ -120,7 +121,7 @@ def _decode_array(data: dict) -> np.ndarray:
     if data.get(_CLASS) != "ndarray":
         raise ValueError(f"expected an encoded ndarray, found {data.get(_CLASS)!r}")
     raw = base64.b64decode(data["array"].encode("ascii"), validate=True)
-    return np.load(io.BytesIO(raw), allow_pickle=False)
+    return read_npy(io.BytesIO(raw), available=len(raw))  # NpyError is a ValueError
 
 
 def _decode_feeds(feeds: dict) -> dict[str, np.ndarray]:

@@ -75,6 +75,7 @@ class OrtRunner(Runner):
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # errors only: ORT's warnings are not one line for a user
         if self.threads is not None:
             options.intra_op_num_threads = self.threads
         options.add_session_config_entry(

@@ -177,6 +177,8 @@ class Artifact:
         described = _from_manifest(path)
         if described is not None and not inputs:
             specs, outputs, precision = described
+            if fmt is Format.ONNX:
+                onnx_io(path)  # still readable, its external data inside its folder
         elif fmt is Format.ONNX:
             specs, outputs = onnx_io(path)
             precision = described[2] if described else Precision.FP32

@@ -23,6 +23,7 @@ import numpy as np
 
 from torchship.errors import CalibrationError, ConfigError, ModelLoadError, first_line
 from torchship.files import import_python_file
+from torchship.npyio import NpyError, read_npy_file, read_npz_file
 from torchship.specs import InputSpec
 
 __all__ = [
@@ -212,11 +213,12 @@ def _load_file(path: Path, inputs: Sequence[InputSpec]) -> Chunk:
                     f"{path}: an .npy file holds one array but the model takes {len(inputs)} "
                     f"inputs ({names}); use an .npz with one array per input name"
                 )
-            return {inputs[0].name: np.load(path, allow_pickle=False)}
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}  # data[key] reads (and may fail) here
+            return {inputs[0].name: read_npy_file(path)}
+        return read_npz_file(path)  # headers checked first: no pickles, no absurd allocations
     except CalibrationError:
         raise
+    except NpyError as exc:
+        raise CalibrationError(f"{path}: {exc}") from None
     except _READ_ERRORS as exc:
         reason = f"{type(exc).__name__}: {first_line(exc)}"
         raise CalibrationError(
@@ -524,5 +526,5 @@ def _batch_size_for(inputs: Sequence[InputSpec]) -> int:
     if _dynamic_batch(inputs):
         return _DEFAULT_BATCH
     if inputs and inputs[0].shape:
-        return inputs[0].shape[0]
+        return max(inputs[0].shape[0], 1)  # a fixed axis of 0: the shape check refuses data
     return 1

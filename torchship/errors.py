@@ -10,6 +10,7 @@ __all__ = [
     "EXIT_UNAVAILABLE",
     "ToolchainError",
     "ConfigError",
+    "OutputError",
     "ModelLoadError",
     "ExportError",
     "ParityError",
@@ -28,10 +29,28 @@ class ToolchainError(Exception):
     """Base of every error torchship raises on purpose. The message is one line for the user."""
 
     exit_code: int = EXIT_BAD_INPUT
+    #: Messages echo what the user gave, which may be anything (a 20 kB TOML string, a name
+    #: with a newline): longer ones are cut in the middle, keeping the file and the verdict.
+    max_length: int = 1000
+
+    def __str__(self) -> str:
+        text = " ".join(super().__str__().splitlines())
+        if len(text) <= self.max_length:
+            return text
+        keep = self.max_length - 30
+        head, tail = text[: keep * 2 // 3], text[len(text) - keep // 3 :]
+        return f"{head} ...({len(text) - len(head) - len(tail)} characters)... {tail}"
 
 
 class ConfigError(ToolchainError):
     """Bad usage: an unknown name, a malformed flag, a value out of range."""
+
+
+class OutputError(ConfigError):
+    """An output cannot be written: a full disk, a read-only or forbidden folder, one in use."""
+
+    #: the file that could not be written, when known
+    path: object = None
 
 
 class ModelLoadError(ToolchainError):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import importlib.util
 import json
@@ -15,7 +17,11 @@ import types
 from collections.abc import Iterator
 from pathlib import Path
 
-from torchship.errors import ConfigError, ModelLoadError, first_line
+from torchship.errors import ConfigError, ModelLoadError, OutputError, first_line
+from torchship.faults import check_writable, output_error
+from torchship.interrupts import deferred_interrupts, raise_if_interrupted
+from torchship.locks import output_lock
+from torchship.stale import mark_staging, remove_stale, unmark_staging
 
 __all__ = [
     "sha256_file",
@@ -23,6 +29,7 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_json",
     "atomic_dir",
+    "scratch_cwd",
     "import_python_file",
 ]
 
@@ -39,7 +46,8 @@ def sha256_file(path: str | os.PathLike) -> str:
 def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed onto `path`, else removed.
 
-    ConfigError, before anything is created, when `path` is an existing directory.
+    ConfigError, before anything is created, when `path` is an existing directory; OutputError
+    when the file cannot be written there (a full disk, a read-only folder).
 
     `suffix` keeps tools that look at the extension (torch.onnx, torch.export.save) happy.
     """
@@ -47,17 +55,23 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
     if target.is_dir():  # os.replace would fail only after the work, with IsADirectoryError
         raise ConfigError(f"{target}: is a directory; give a file path to write to")
     make_parent(target)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=suffix or target.suffix, dir=target.parent
-    )
+    try:
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=suffix or target.suffix, dir=target.parent
+        )
+    except OSError as exc:
+        raise _cannot_write(target, exc) from exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         tmp_path.chmod(0o666 & ~_umask())  # mkstemp makes 0600; deployments read these files
         os.replace(tmp_path, target)
-    except BaseException:
+    except BaseException as exc:
+        error = output_error(target, exc, where=target.parent, file=target)
         tmp_path.unlink(missing_ok=True)
+        if error is not None:
+            raise error from exc
         raise
 
 
@@ -88,16 +102,16 @@ def atomic_write_json(path: str | os.PathLike, data: object) -> None:
 
 def check_replaceable_dir(target: Path) -> None:
     """ConfigError unless `target` is absent, empty, or an earlier output of ours (it holds a
-    manifest.json): replacing a user's file or project folder would destroy their data."""
-    if not target.exists():
-        return
-    if not target.is_dir():
+    manifest.json): replacing a user's file or project folder would destroy their data.
+    OutputError when its folder cannot be written (read-only, no permission)."""
+    if target.exists() and not target.is_dir():
         raise ConfigError(f"{target}: exists and is not a directory; give a new output folder")
-    if any(target.iterdir()) and not (target / "manifest.json").is_file():
+    if target.exists() and any(target.iterdir()) and not (target / "manifest.json").is_file():
         raise ConfigError(
             f"{target}: an existing folder that is not a torchship output (no manifest.json); "
             "give a new or empty output folder"
         )
+    check_writable(Path(os.path.abspath(target)).parent, target=target)
 
 
 @contextlib.contextmanager
@@ -105,25 +119,84 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory that replaces `path` only when the block succeeds.
 
     An interrupted or failed run leaves the previous directory (or nothing) in place, never a
-    half-written one.
+    half-written one. The block runs holding `path`'s lock (torchship.locks: a second writer
+    waits); staging folders that killed runs left beside `path` are removed first
+    (torchship.stale). The new folder is swapped in with one atomic exchange where the system
+    has one (Linux renameat2), so a reader sees the old folder or the new one, never neither.
     """
     target = Path(path)
     check_replaceable_dir(target)
     make_parent(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    with output_lock(target):
+        check_replaceable_dir(target)  # again: a writer we waited for may have made it
+        remove_stale(target.parent, f".{target.name}.", target)
+        tmp = _new_stage(target, prefix=f".{target.name}.", parent=target.parent)
+        try:
+            yield tmp
+            raise_if_interrupted()  # a library swallowed a signal: do not ship its work
+            with deferred_interrupts():
+                unmark_staging(tmp)
+                _make_readable(tmp)
+                _swap_in(tmp, target)
+        except BaseException as exc:
+            error = output_error(target, exc, where=target.parent, stage=tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+            if error is not None:
+                raise error from exc
+            raise
+
+
+def _new_stage(target: Path, *, prefix: str, parent: Path) -> Path:
+    """A marked staging folder for `target` in `parent`; OutputError when it cannot be made."""
     try:
-        yield tmp
-        _make_readable(tmp)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-            os.replace(target, old / target.name)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        stage = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    except OSError as exc:
+        raise _cannot_write(target, exc) from exc
+    try:
+        mark_staging(stage, target)
+    except OSError as exc:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise _cannot_write(target, exc) from exc
+    return stage
+
+
+def _cannot_write(target: Path, exc: OSError) -> OutputError:
+    where = f" ({exc.filename})" if exc.filename else ""
+    return OutputError(f"{target}: cannot write the output: {exc.strerror or exc}{where}")
+
+
+def _swap_in(stage: Path, target: Path) -> None:
+    """Put the finished `stage` at `target`, removing the folder that was there."""
+    if not target.exists():
+        os.replace(stage, target)
+    elif _exchange(stage, target):  # `stage` now holds the previous folder
+        mark_staging(stage, target)  # so that a kill during the removal leaves it recognisable
+        shutil.rmtree(stage, ignore_errors=True)
+    else:
+        old = _new_stage(target, prefix=f".{target.name}.old.", parent=target.parent)
+        os.replace(target, old / target.name)
+        try:
+            os.replace(stage, target)
+        except BaseException:
+            os.replace(old / target.name, target)  # put the previous folder back
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p] * 2 + [ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False  # the kernel or this file system cannot exchange: rename twice
+    raise OSError(code, os.strerror(code), str(b))
 
 
 def _make_readable(root: Path) -> None:
@@ -132,6 +205,20 @@ def _make_readable(root: Path) -> None:
     for path in [root, *root.rglob("*")]:
         if not path.is_symlink():
             path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+@contextlib.contextmanager
+def scratch_cwd(prefix: str) -> Iterator[Path]:
+    """Run the block in a new temporary working directory, removed afterwards: for library
+    calls that write scratch files into the current directory. (The working directory is the
+    process's: use it around calls that give absolute paths.)"""
+    previous = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+        os.chdir(folder)
+        try:
+            yield Path(folder)
+        finally:
+            os.chdir(previous)
 
 
 def import_python_file(path: Path) -> types.ModuleType:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from torchship.artifact import Artifact
-from torchship.errors import ModelLoadError
+from torchship.errors import ModelLoadError, first_line
 from torchship.files import atomic_write_json, sha256_file
 from torchship.fingerprint import machine_fingerprint, software_fingerprint
 from torchship.loaded import LoadedModel
@@ -17,6 +17,8 @@ __all__ = ["MANIFEST_NAME", "SCHEMA", "build_manifest", "write_manifest", "read_
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA = "torchship.manifest/1"
+#: A manifest lists files and metrics: kilobytes. A larger file is not read into memory.
+_MAX_MANIFEST_BYTES = 64 << 20
 
 
 def build_manifest(
@@ -74,8 +76,17 @@ def write_manifest(out_dir: Path, manifest: dict) -> Path:
 def read_manifest(out_dir: Path) -> dict:
     path = Path(out_dir) / MANIFEST_NAME
     try:
-        return json.loads(path.read_text())
+        if path.stat().st_size > _MAX_MANIFEST_BYTES:
+            raise ModelLoadError(
+                f"{path}: {path.stat().st_size} bytes is not a manifest (they are kilobytes; "
+                f"at most {_MAX_MANIFEST_BYTES} are read)"
+            )
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ModelLoadError(f"{path}: no such file") from None
-    except ValueError as exc:
-        raise ModelLoadError(f"{path}: not valid JSON: {exc}") from None
+    except ValueError as exc:  # UnicodeDecodeError too
+        raise ModelLoadError(f"{path}: not valid JSON: {first_line(exc)}") from None
+    except RecursionError:
+        raise ModelLoadError(f"{path}: not a manifest: JSON nested too deeply") from None
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read it ({exc.strerror})") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,10 +56,66 @@ def onnx_io(path: str | Path) -> tuple[list[InputSpec], list[str]]:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from exc
+    _check_external_data(path, model)
     graph = model.graph
     initializers = {init.name for init in graph.initializer}
     specs = [_spec(path, info) for info in graph.input if info.name not in initializers]
     return specs, [out.name for out in graph.output]
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor a graph holds: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        for attribute in node.attribute:
+            yield from ([attribute.t] if attribute.HasField("t") else [])
+            yield from attribute.tensors
+            for sub in [*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs]:
+                yield from _tensors(sub)
+
+
+def _check_external_data(path: Path, model: onnx.ModelProto) -> None:
+    """ModelLoadError unless every tensor stored outside the .onnx file is a regular file inside
+    its folder: a hostile model must not make a reader open /etc/passwd or ../secrets (through
+    `..`, an absolute path or a symlink), nor read past a file's end."""
+    folder = path.parent.resolve()
+    for tensor in _tensors(model.graph):
+        if tensor.data_location != 1:  # TensorProto.EXTERNAL
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = info.get("location", "")
+        problem = _external_problem(folder, location, info)
+        if problem:
+            raise ModelLoadError(
+                f"{path}: tensor {tensor.name[:60]!r} keeps its data in {location[:80]!r}, "
+                f"which {problem}; the data must be a file beside the model"
+            )
+
+
+def _external_problem(folder: Path, location: str, info: dict[str, str]) -> str | None:
+    if not location or "\0" in location or Path(location).is_absolute():
+        return "is not a relative file name"
+    target = folder / location
+    try:
+        inside = target.resolve().is_relative_to(folder)
+        linked = any(p.is_symlink() for p in [target, *target.parents] if p != folder
+                     and p.is_relative_to(folder))  # fmt: skip
+        size = target.stat().st_size if target.is_file() else None
+    except (OSError, RuntimeError, ValueError) as exc:
+        return f"cannot be read ({type(exc).__name__})"
+    if not inside or linked:
+        return "lies outside the model's folder" if not inside else "is a symbolic link"
+    if size is None:
+        return "does not exist"
+    try:
+        offset, length = int(info.get("offset", 0)), int(info.get("length", size))
+    except ValueError:
+        return "has a malformed offset or length"
+    if offset < 0 or length < 0 or offset + length > size:
+        return f"holds {size} bytes, not bytes {offset}..{offset + length}"
+    return None
 
 
 def _spec(path: Path, info: onnx.ValueInfoProto) -> InputSpec:
@@ -67,7 +124,10 @@ def _spec(path: Path, info: onnx.ValueInfoProto) -> InputSpec:
     if dtype is None:
         import onnx
 
-        name = onnx.TensorProto.DataType.Name(elem_type) if elem_type else "unknown"
+        try:
+            name = onnx.TensorProto.DataType.Name(elem_type) if elem_type else "unknown"
+        except ValueError:  # a number no ONNX release defines: a corrupt or hostile file
+            name = f"number {elem_type}"
         raise ModelLoadError(
             f"{path}: input {info.name!r} has element type {name}; supported: {', '.join(DTYPES)}"
         )

@@ -14,6 +14,7 @@ import torch
 
 from torchship.errors import ConfigError, ModelLoadError, first_line
 from torchship.files import import_python_file, sha256_file
+from torchship.interrupts import reraise_interrupt
 from torchship.loaded import LoadedModel, eval_mode, flatten_outputs, to_torch_inputs
 from torchship.models import load_demo
 from torchship.specs import InputSpec, random_feeds
@@ -152,6 +153,7 @@ def _load_archive(path: Path, *, trust_pickle: bool):
     try:
         return torch.jit.load(str(path), map_location="cpu"), None
     except Exception as jit_exc:  # not TorchScript: maybe a state_dict or a pickled model
+        reraise_interrupt(jit_exc)
         return _load_pickled(path, jit_exc, trust_pickle=trust_pickle), None
 
 

@@ -25,6 +25,15 @@ DTYPES: dict[str, np.dtype] = {
     for name in ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
 }
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+#: The largest dimension and example size an input may have: int32 sizes (what ONNX Runtime and
+#: TensorRT index with); an example input that large (8 GiB of float32) is not an example.
+MAX_ELEMENTS = 2**31 - 1
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """repr(value), cut: messages echo the user's text, which may be anything."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 12]}...({len(text)} chars)"
 
 
 @dataclass(frozen=True)
@@ -43,18 +52,26 @@ class InputSpec:
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
-            raise ConfigError(f"input name {self.name!r} is not a valid identifier")
+            raise ConfigError(f"input name {_short(self.name)} is not a valid identifier")
         if self.dtype not in DTYPES:
             raise ConfigError(
-                f"input {self.name!r}: unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}"
+                f"input {self.name!r}: unknown dtype {_short(self.dtype)}; valid: "
+                f"{', '.join(DTYPES)}"
             )
         if any(d < 0 for d in self.shape):
-            raise ConfigError(f"input {self.name!r}: negative dimension in shape {self.shape}")
+            raise ConfigError(
+                f"input {self.name!r}: negative dimension in shape {_short(self.shape)}"
+            )
+        if math.prod(d for d in self.shape if d) > MAX_ELEMENTS:  # numpy checks 0-size too
+            raise ConfigError(
+                f"input {self.name!r}: shape {_short(self.shape)} is too large for an example "
+                f"input (at most {MAX_ELEMENTS} elements)"
+            )
         for axis in self.dynamic:
             if not 0 <= axis < len(self.shape):
                 raise ConfigError(
                     f"input {self.name!r}: dynamic axis {axis} is outside its "
-                    f"{len(self.shape)}-d shape {self.shape}"
+                    f"{len(self.shape)}-d shape {_short(self.shape)}"
                 )
         object.__setattr__(self, "dynamic", dict(sorted(self.dynamic.items())))
         if self.value_range is not None:
@@ -110,14 +127,15 @@ def parse_input_flag(text: str) -> InputSpec:
     parts = text.split(":")
     if len(parts) < 2 or len(parts) > 4 or not parts[0]:
         raise ConfigError(
-            f"--input {text!r}: expected NAME:SHAPE[:DTYPE[:LO..HI]], e.g. image:1x3x224x224"
+            f"--input {_short(text)}: expected NAME:SHAPE[:DTYPE[:LO..HI]], e.g. image:1x3x224x224"
         )
     name, shape_text = parts[0], parts[1]
     try:
         shape = tuple(int(d) for d in shape_text.lower().split("x")) if shape_text else ()
     except ValueError:
         raise ConfigError(
-            f"--input {text!r}: shape {shape_text!r} must be integers joined by 'x', e.g. 1x3x32x32"
+            f"--input {_short(text)}: shape {_short(shape_text)} must be integers joined by "
+            "'x', e.g. 1x3x32x32"
         ) from None
     dtype = parts[2] if len(parts) > 2 and parts[2] else "float32"
     value_range = _parse_range(text, parts[3], dtype) if len(parts) > 3 else None
@@ -132,7 +150,7 @@ def _parse_range(flag: str, text: str, dtype: str) -> tuple[float, float]:
         low, high = 0.0, -1.0
     problem = _range_problem(dtype, low, high) if sep else "must be LO..HI with LO < HI"
     if problem:
-        raise ConfigError(f"--input {flag!r}: value range {text!r} {problem}")
+        raise ConfigError(f"--input {_short(flag)}: value range {_short(text)} {problem}")
     return low, high
 
 

@@ -11,12 +11,18 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from torchship.errors import ConfigError
+from torchship.errors import ConfigError, OutputError
+from torchship.faults import check_writable, output_error
+from torchship.interrupts import deferred_interrupts, raise_if_interrupted
+from torchship.locks import output_lock
 from torchship.manifest import MANIFEST_NAME
+from torchship.stale import MARKER_NAME, mark_staging, remove_stale
 
 __all__ = ["staged_output"]
 
 log = logging.getLogger(__name__)
+
+_STAGE_PREFIX = ".torchship-staging-"
 
 
 @contextlib.contextmanager
@@ -26,39 +32,66 @@ def staged_output(out_dir: str | Path, *, keep: Sequence[str | Path] = ()) -> It
     Files an earlier run listed in `out_dir`'s manifest.json and this run does not write are
     removed (they would be unlisted in the new manifest), except paths in `keep`; other files
     already in `out_dir` are left alone. The manifest is moved last so a directory with a
-    manifest is always complete.
+    manifest is always complete. The block runs holding `out_dir`'s lock (torchship.locks), so
+    a second writer waits and `verify` never reads a folder half-updated; staging folders that
+    killed runs left in `out_dir` are removed first (torchship.stale). A full disk or a folder
+    that cannot be written is an OutputError (exit 2) naming the reason.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"-o {out}: exists and is not a directory")
-    created = not out.exists()
+    check_writable(out if out.exists() else Path(os.path.abspath(out)).parent, target=out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=".torchship-staging-", dir=out))
+        Path(os.path.abspath(out)).parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        reason = exc.strerror or type(exc).__name__
-        raise ConfigError(f"-o {out}: cannot create the output folder: {reason}") from exc
-    try:
-        yield stage
-        previous = _listed_files(out)
-        entries = sorted(stage.iterdir(), key=lambda p: p.name == MANIFEST_NAME)
-        for entry in entries:
-            if entry.name == MANIFEST_NAME:
-                _remove_stale(out, previous, {e.name for e in entries}, keep)
-            target = out / entry.name
-            if target.is_dir() and not entry.is_dir():
-                raise ConfigError(f"{target}: a directory is in the way of an output file")
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(entry, target)
-    except BaseException:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        raise _cannot_create(out, exc) from exc
+    with output_lock(out):
+        created = not out.exists()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            remove_stale(out, _STAGE_PREFIX, out)
+            stage = Path(tempfile.mkdtemp(prefix=_STAGE_PREFIX, dir=out))
+        except OSError as exc:
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            raise _cannot_create(out, exc) from exc
+        try:
+            mark_staging(stage, out)
+            yield stage
+            raise_if_interrupted()  # a library swallowed a signal: do not ship its work
+            with deferred_interrupts():
+                _move_in(stage, out, keep)
+        except BaseException as exc:
+            error = output_error(out, exc, where=out, stage=stage)
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            if error is not None:
+                raise error from exc
+            raise
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _cannot_create(out: Path, exc: OSError) -> OutputError:
+    reason = exc.strerror or type(exc).__name__
+    return OutputError(f"-o {out}: cannot create the output folder: {reason}")
+
+
+def _move_in(stage: Path, out: Path, keep: Sequence[str | Path]) -> None:
+    previous = _listed_files(out)
+    entries = sorted(
+        (e for e in stage.iterdir() if e.name != MARKER_NAME),
+        key=lambda p: p.name == MANIFEST_NAME,
+    )
+    for entry in entries:
+        if entry.name == MANIFEST_NAME:
+            _remove_stale(out, previous, {e.name for e in entries}, keep)
+        target = out / entry.name
+        if target.is_dir() and not entry.is_dir():
+            raise ConfigError(f"{target}: a directory is in the way of an output file")
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(entry, target)
 
 
 def _listed_files(out: Path) -> set[str]:

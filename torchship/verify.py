@@ -16,6 +16,8 @@ from torchship.artifact import Artifact, Format, Precision
 from torchship.errors import BackendUnavailableError, CheckFailedError, ConfigError
 from torchship.exporter.reference import INPUTS_FILE, load_reference
 from torchship.files import sha256_file
+from torchship.interrupts import reraise_interrupt
+from torchship.locks import INSIDE_LOCK_NAME, output_lock
 from torchship.manifest import MANIFEST_NAME, read_manifest
 from torchship.runtimes.base import default_runtime_for, get_runner
 from torchship.runtimes.compare import OutputComparison, compare_runs
@@ -74,16 +76,21 @@ class VerifyReport:
 
 
 def verify_bundle(bundle: str | Path) -> VerifyReport:
-    """Run every check and collect the results; raises only when there is no manifest."""
+    """Run every check and collect the results; raises only when there is no manifest.
+
+    It reads holding the bundle's shared lock (torchship.locks): while a command writes the
+    bundle, verify waits for it, and never sees a bundle half-replaced.
+    """
     bundle = Path(bundle)
     if not bundle.is_dir():
         raise ConfigError(f"{bundle}: not a directory (expected a bundle with {MANIFEST_NAME})")
-    manifest = read_manifest(bundle)
-    _check_manifest(bundle, manifest)
-    report = VerifyReport(bundle)
-    report.checks += _hash_checks(bundle, manifest)
-    if report.passed:  # reloading tampered files proves nothing more
-        report.checks += _parity_checks(bundle, manifest)
+    with output_lock(bundle, shared=True):
+        manifest = read_manifest(bundle)
+        _check_manifest(bundle, manifest)
+        report = VerifyReport(bundle)
+        report.checks += _hash_checks(bundle, manifest)
+        if report.passed:  # reloading tampered files proves nothing more
+            report.checks += _parity_checks(bundle, manifest)
     return report
 
 
@@ -113,20 +120,25 @@ def _check_manifest(bundle: Path, manifest: object) -> None:
 def _hash_checks(bundle: Path, manifest: dict) -> list[VerifyCheck]:
     entries = manifest["files"]
     checks = [_hash_check(bundle, entry) for entry in entries]
-    listed = {e.get("path") for e in entries}
+    listed = _paths(entries)
     # hidden files too: torchship never writes one into a bundle, so one there was added
     for path in sorted(bundle.rglob("*")):
         rel = path.relative_to(bundle).as_posix()
-        if path.is_file() and rel != MANIFEST_NAME and rel not in listed:
+        if rel == INSIDE_LOCK_NAME:
+            continue  # the lock of a bundle whose parent folder is read-only
+        if path.is_symlink() and rel not in listed:
+            checks.append(VerifyCheck(rel, "listed", "failed", "a symbolic link (added)"))
+        elif path.is_file() and rel != MANIFEST_NAME and rel not in listed:
             checks.append(VerifyCheck(rel, "listed", "failed", "not listed in the manifest"))
     return checks
 
 
 def _hash_check(bundle: Path, entry: dict) -> VerifyCheck:
-    rel = str(entry.get("path", "?"))
+    rel = entry.get("path")
+    problem = _path_problem(bundle, rel)
+    if problem:
+        return VerifyCheck(_kind(rel).strip("'"), "sha256", "failed", problem)
     path = bundle / rel
-    if not path.resolve().is_relative_to(bundle.resolve()):
-        return VerifyCheck(rel, "sha256", "failed", "path leaves the bundle")
     if not path.is_file():
         return VerifyCheck(rel, "sha256", "failed", "missing (deleted)")
     size = path.stat().st_size
@@ -140,11 +152,48 @@ def _hash_check(bundle: Path, entry: dict) -> VerifyCheck:
     return VerifyCheck(rel, "sha256", "ok")
 
 
+def _path_problem(bundle: Path, rel: object) -> str | None:
+    """Why a manifest path cannot name a file of this bundle, None when it can."""
+    if not isinstance(rel, str) or not rel or "\0" in rel:
+        return f"path must be a file name inside the bundle, found {_kind(rel)}"
+    if Path(rel).is_absolute() or ".." in Path(rel).parts:
+        return "path leaves the bundle"
+    path = bundle / rel
+    try:
+        inside = path.resolve().is_relative_to(bundle.resolve())
+        link = any(p.is_symlink() for p in [path, *path.parents] if _below(p, bundle))
+    except (OSError, RuntimeError, ValueError) as exc:  # too long, a symlink loop
+        return f"path cannot be read: {type(exc).__name__}"
+    if not inside:
+        return "path leaves the bundle"
+    if link:
+        return "a symbolic link (torchship writes none)"
+    return None
+
+
+def _paths(entries: list[dict]) -> set[str]:
+    return {p for e in entries if isinstance(p := e.get("path"), str)}
+
+
+def _below(path: Path, bundle: Path) -> bool:
+    return path != bundle and path.is_relative_to(bundle)
+
+
+def _kind(value: object) -> str:
+    return repr(value)[:60] if isinstance(value, str) else type(value).__name__
+
+
 def _parity_checks(bundle: Path, manifest: dict) -> list[VerifyCheck]:
     entries = [a for a in manifest.get("artifacts", []) if a.get("format") != Format.EAGER.value]
+    hashed = _paths(manifest["files"])
     references: dict[Path, tuple] = {}
     checks = []
     for entry in entries:
+        rel = entry.get("path")
+        if not isinstance(rel, str) or rel not in hashed:  # only files just hashed are run
+            detail = "not in the manifest's files (its hash is unchecked)"
+            checks.append(VerifyCheck(_kind(rel).strip("'"), "parity", "failed", detail))
+            continue
         folder = _reference_dir(bundle, bundle / str(entry.get("path")))
         if folder not in references:
             references[folder] = load_reference(folder)
@@ -178,6 +227,7 @@ def _artifact_check(bundle: Path, entry: dict, feeds_list, outputs_list) -> Veri
     except BackendUnavailableError as exc:
         return VerifyCheck(rel, "parity", "skipped", str(exc))
     except Exception as exc:  # a swapped file may not even load: that is a failed check
+        reraise_interrupt(exc)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return VerifyCheck(rel, "parity", "failed", f"cannot run it: {first}")
     return VerifyCheck(rel, "parity", "ok", f"{len(feeds_list)} reference cases on {runtime}")

@@ -112,7 +112,7 @@ def make_calibrator(
                     send(np.ascontiguousarray(feeds[n], dtype=self.input_dtypes.get(n)))
                     for n in names
                 ]
-            except Exception as exc:  # raised inside TensorRT's C++ loop: keep it for later
+            except BaseException as exc:  # inside TensorRT's C++ loop (Ctrl-C too): for later
                 self.error = exc
                 return None
             self.batches_fed += 1

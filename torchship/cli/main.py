@@ -13,11 +13,11 @@ from rich.markup import escape
 
 from torchship.cli import bench, engine, export, prune, quantize, regress, ship, tune, verify
 from torchship.errors import EXIT_CHECK_FAILED, EXIT_OK, ToolchainError
+from torchship.interrupts import exit_code_of, handle_signals, interrupted_line
 
 __all__ = ["main", "build_parser"]
 
 log = logging.getLogger("torchship")
-_EXIT_INTERRUPTED = 130
 
 #: Every subcommand's `register(commands)`, in the order `torchship --help` lists them. Each
 #: adds its subparser with a `handler(args, *, console, argv) -> exit code` default.
@@ -62,16 +62,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         console = Console(stderr=False, highlight=False, markup=False, width=140)
     errors = Console(stderr=True, highlight=False)
     try:
-        return int(args.handler(args, console=console, argv=["torchship", *argv]) or EXIT_OK)
+        with handle_signals():  # SIGTERM/SIGHUP like Ctrl-C; wrapped interrupts unwrapped
+            return int(args.handler(args, console=console, argv=["torchship", *argv]) or EXIT_OK)
     except ToolchainError as exc:
         if args.debug:
             errors.print_exception()
         # escape: messages name TOML tables like [model], which rich would read as markup
         errors.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
         return exc.exit_code
-    except KeyboardInterrupt:
-        errors.print("interrupted; no partial output was kept")
-        return _EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        errors.print(interrupted_line(exc))
+        return exit_code_of(exc)
     except Exception as exc:  # a bug in torchship or a library: one line unless --debug
         if args.debug:
             errors.print_exception()

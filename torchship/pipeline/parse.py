@@ -66,6 +66,8 @@ def parse_pipeline(text: str, *, path: Path | None = None) -> PipelineConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses per nested array / inline table
+        raise ConfigError(f"{where}: not valid TOML: arrays or tables nested too deeply") from None
     lines = _LineIndex(text, where)
     _check_keys(data, _TOP_KEYS, lines, table=None)
     name, version, output = _head(_table(data, "pipeline", lines), lines)
@@ -189,6 +191,10 @@ def _validate(config: PipelineConfig, lines: _LineIndex) -> None:
                 f"{lines.at('prune', 'ratio')}: must be in (0, 1), got {config.prune.ratio}"
             )
         _positive(lines.at("prune", "epochs"), config.prune.epochs)
+    drop = config.quantize.max_drop if config.quantize is not None else None
+    if drop is not None and not 0 <= drop <= 100:  # NaN too: up front, not after the export
+        where = lines.at("quantize", "max_drop")
+        raise ConfigError(f"{where}: must be 0..100 percentage points, got {drop}")
     if config.engines is not None:
         _each(config.engines.precisions, _precision, lines.at("engines", "precisions"))
     for step in ("prune", "quantize", "engines"):
