@@ -109,4 +109,9 @@ def _first_output(runner: Runner, batch: Batch) -> np.ndarray:
             f"{type(cause).__name__}: {first_line(cause)}"
         ) from exc
     output = np.asarray(next(iter(outputs.values())))
+    if not output.size:  # nothing to score: refuse it here, not in argmax
+        raise CalibrationError(
+            f"{batch.origin}: {runner.artifact.path.name} returned an empty output "
+            f"{list(output.shape)}; accuracy needs values"
+        )
     return output if output.ndim == 2 else output.reshape(output.shape[0], -1)

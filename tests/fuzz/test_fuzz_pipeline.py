@@ -1,4 +1,4 @@
-"""Fuzz `pipeline.toml` (torchship.pipeline.config.parse_pipeline): random keys, types, nesting
+"""Fuzz `pipeline.toml` (torchship.pipeline.parse_pipeline): random keys, types, nesting
 and huge values in the real tables, and text that is barely TOML at all."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from fuzzing import fuzz_settings
 from hypothesis import given
 from hypothesis import strategies as st
 
-from torchship.pipeline.config import PipelineConfig, parse_pipeline
+from torchship.pipeline.parse import parse_pipeline
+from torchship.pipeline.schema import PipelineConfig
 
 _FIELDS = {
     "pipeline": ["name", "version", "output"],

@@ -8,12 +8,12 @@ from dataclasses import replace
 
 import pytest
 
-import torchship.pipeline.bundle
 from torchship.cli.main import main
 from torchship.errors import ConfigError
 from torchship.files import sha256_file
-from torchship.pipeline.bundle import run_pipeline
-from torchship.pipeline.config import load_pipeline
+from torchship.pipeline import BundleRow, load_pipeline, run_pipeline
+from torchship.pipeline.steps import GatesStep, MeasureStep, ReportStep
+from torchship.pipeline.steps.gates import baseline_gate
 
 BUNDLE_FILES = {
     "model.onnx", "model.ts", "reference_inputs.json", "reference_outputs.json", "bench.json",
@@ -88,7 +88,7 @@ def test_missing_baseline_stops_before_a_bundle(tmp_path, pipeline_file):
 
 
 @pytest.mark.parametrize(
-    ("step", "interrupt"), [("_write_manifest", KeyboardInterrupt), ("_measure", RuntimeError)]
+    ("step", "interrupt"), [(ReportStep, KeyboardInterrupt), (MeasureStep, RuntimeError)]
 )
 def test_interrupted_ship_leaves_no_complete_looking_bundle(
     tmp_path, pipeline_file, monkeypatch, step, interrupt
@@ -98,7 +98,7 @@ def test_interrupted_ship_leaves_no_complete_looking_bundle(
     def crash(*args, **kwargs):
         raise interrupt("simulated crash")
 
-    monkeypatch.setattr(torchship.pipeline.bundle, step, crash)
+    monkeypatch.setattr(step, "run", crash)
     with pytest.raises(interrupt, match="simulated crash"):
         run_pipeline(load_pipeline(path))
     dist = tmp_path / "dist"
@@ -113,7 +113,7 @@ def test_interrupted_rerun_keeps_the_previous_bundle(demo_bundle, tmp_path, monk
     before = sha256_file(demo_bundle / "manifest.json")
     snapshot = tmp_path / "snapshot"
     shutil.copytree(demo_bundle, snapshot)
-    monkeypatch.setattr(torchship.pipeline.bundle, "_measure", _raise_interrupt)
+    monkeypatch.setattr(MeasureStep, "run", _raise_interrupt)
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(config)
     assert sha256_file(demo_bundle / "manifest.json") == before
@@ -149,8 +149,8 @@ def test_pruned_distilled_pipeline_ships_smaller_weights(tmp_path, pipeline_file
     weights = onnx.load(result.bundle / "model.onnx").graph.initializer
     # the exported graph is physically smaller: its weights add up to the pruned count
     assert sum(int(np.prod(w.dims)) for w in weights) <= pruning["pruning"]["params"]["after"]
-    eager = next(r for r in result.rows if r["format"] == "eager")
-    assert eager["accuracy"] > 0.99  # the unpruned reference
+    eager = next(r for r in result.rows if r.format == "eager")
+    assert eager.accuracy > 0.99  # the unpruned reference
     assert not (result.bundle / "engines").exists()
     assert main(["verify", str(result.bundle)]) == 0
 
@@ -165,15 +165,13 @@ def test_engines_int8_needs_the_tensorrt_preset(tmp_path, pipeline_file):
 
 
 def _row(artifact, fmt, batch, p50, p90, speedup):
-    return {
-        "artifact": artifact, "format": fmt, "runtime": "x", "precision": "fp32", "batch": batch,
-        "accuracy": None, "p50_ms": p50, "p90_ms": p90, "speedup_vs_eager": speedup,
-    }  # fmt: skip
+    return BundleRow(
+        artifact=artifact, format=fmt, runtime="x", precision="fp32", batch=batch,
+        accuracy=None, p50_ms=p50, p90_ms=p90, speedup_vs_eager=speedup,
+    )  # fmt: skip
 
 
 def test_latency_gates_judge_shipped_artifacts_not_eager(tmp_path, pipeline_file):
-    from torchship.pipeline.bundle import _gates
-
     extra = "max_p90_ms = 5.0\nmin_speedup = 1.2\n"
     config = load_pipeline(pipeline_file(tmp_path, extra_gates=extra))
     config = replace(config, bench=replace(config.bench, batches=(1, 8)))
@@ -183,14 +181,14 @@ def test_latency_gates_judge_shipped_artifacts_not_eager(tmp_path, pipeline_file
         _row("model.onnx", "onnx", 1, 1.1, 1.3, 0.91),
         _row("model.onnx", "onnx", 8, 4.0, 4.5, 2.25),  # fast at batch 8 only
     ]
-    gates = {g.name: g for g in _gates(config, rows, {}, None)}
+    step = GatesStep(config.gates, first_batch=config.bench.batches[0])
+    gates = {g.name: g for g in step.judge(rows, {}, None)}
     assert gates["max_p90_ms"].passed and "model.onnx" in gates["max_p90_ms"].detail
     # min_speedup is judged at the first batch, where ONNX is slower than eager
     assert not gates["min_speedup"].passed and "0.91x at batch 1" in gates["min_speedup"].detail
 
 
 def test_inconclusive_baseline_comparison_fails_the_gate(tmp_path, pipeline_file):
-    from torchship.pipeline.bundle import _baseline_gate
     from torchship.runtimes import BenchDocument, BenchResult
 
     def document(samples):
@@ -200,7 +198,7 @@ def test_inconclusive_baseline_comparison_fails_the_gate(tmp_path, pipeline_file
         ),))  # fmt: skip
 
     config = load_pipeline(pipeline_file(tmp_path, extra_gates='baseline = "main"\n'))
-    gate = _baseline_gate(config, document([1.0] * 5), document([3.0] * 5))
+    gate = baseline_gate(config.gates, document([1.0] * 5), document([3.0] * 5))
     assert not gate.passed and "inconclusive" in gate.detail
 
 
@@ -218,6 +216,6 @@ def test_fixed_batch_model_ships_with_an_eval_set_of_any_size(tmp_path, pipeline
     )
     path.write_text(text)
     result = run_pipeline(load_pipeline(path))
-    accuracies = {r["artifact"]: r["accuracy"] for r in result.rows}
+    accuracies = {r.artifact: r.accuracy for r in result.rows}
     assert accuracies["model.onnx"] == accuracies["eager"] >= 0.95
     assert result.passed
