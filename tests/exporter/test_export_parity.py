@@ -49,7 +49,7 @@ def test_profiles_by_precision():
     assert TOLERANCES.get("fp16").atol == 1e-2
     int8 = TOLERANCES.get(Precision.INT8.value)
     assert math.isinf(int8.atol) and not int8.checks_elements and int8.min_cosine == 0.99
-    with pytest.raises(ConfigError, match="unknown tolerance profile 'fp8'; valid: fp16, fp32"):
+    with pytest.raises(ConfigError, match="unknown tolerance profile 'fp8'; valid: bf16, fp16"):
         TOLERANCES.get("fp8")
 
 
