@@ -64,18 +64,22 @@ class ExecuTorchRunner(Runner):
         path = Path(self.artifact.path)
         if not path.is_file():
             raise ModelLoadError(f"{path}: no such ExecuTorch program")
+        if self.threads is not None:
+            # Before the method loads: XNNPACK keeps the pool it was initialised with, and
+            # executing after a reset used a freed pool (a segfault in executorch 1.5.1).
+            self._previous_threads = _thread_count()
+            _set_threads(self.threads)
         try:
             program = Runtime.get().load_program(path)
             method = program.load_method("forward")
         except Exception as exc:  # RuntimeError with the runtime's error code
+            self._restore_threads()
             raise ModelLoadError(
                 f"{path}: not a loadable ExecuTorch program ({first_line(exc)})"
             ) from exc
         if method is None:
+            self._restore_threads()
             raise ModelLoadError(f"{path}: the program has no `forward` method")
-        if self.threads is not None:
-            self._previous_threads = _thread_count()
-            _set_threads(self.threads)
         self._program, self._method = program, method
         log.info("%s: loaded %s, threads %s", self.name, path.name, self.threads or "default")
 
@@ -106,6 +110,9 @@ class ExecuTorchRunner(Runner):
 
     def _close(self) -> None:
         self._method = self._program = None
+        self._restore_threads()
+
+    def _restore_threads(self) -> None:
         if self._previous_threads is not None:
             _set_threads(self._previous_threads)
             self._previous_threads = None
@@ -119,7 +126,7 @@ def _thread_count() -> int:
 
 def _set_threads(count: int) -> None:
     # The only thread knob of the Python runtime; it replaces the process-wide pool, so it is
-    # set on load and restored on close, never while a method runs.
+    # set before a method loads and restored after it is released, never while one is loaded.
     from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
 
     _unsafe_reset_threadpool(count)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -116,3 +117,17 @@ def test_doctor_lists_the_new_runtimes_and_why(monkeypatch, capsys):
         "reason": "openvino is not installed (pip install torchship[openvino])",
     }
     assert set(facts["aoti_compiler"]) == {"available", "reason"}
+
+
+@pytest.mark.slow
+def test_executorch_threads_are_set_before_load_and_restored(tiny_built):
+    from torchship.runtimes.executorch import _thread_count
+
+    _, artifact = tiny_built(Format.EXECUTORCH)
+    before = _thread_count()
+    wanted = 1 if before != 1 else 2
+    with get_runner("executorch")(artifact, threads=wanted) as runner:
+        assert runner.facts()["threads"] == wanted
+        for _ in range(3):
+            runner.infer({"x": np.zeros((8, 4), np.float32)})
+    assert _thread_count() == before
