@@ -21,8 +21,9 @@ import numpy as np
 from torchship.artifact import Artifact
 from torchship.calibration import QuantizeOptions, quantize
 from torchship.data import LABELS_KEY, load_arrays
-from torchship.errors import ConfigError, ToolchainError, first_line
-from torchship.exporter import ExportOptions, export_model
+from torchship.errors import CheckFailedError, ConfigError, ToolchainError, first_line
+from torchship.exporter import ExportOptions
+from torchship.exporter.checked import export_checked
 from torchship.files import atomic_write_json
 from torchship.loaded import LoadedModel
 from torchship.manifest import build_manifest, write_manifest
@@ -38,6 +39,7 @@ __all__ = [
     "Builds",
     "TuneReport",
     "default_candidates",
+    "rank",
     "search",
     "tune_model",
 ]
@@ -141,10 +143,15 @@ class Builds:
             self._made[key] = make(folder)
         return self._made[key]
 
+    def reuse(self, key: str, artifact: Artifact) -> None:
+        """Serve `key` with `artifact`, made elsewhere (the pipeline's own export or INT8)."""
+        self._made[key] = artifact
+
     def exported(self, fmt: str) -> Artifact:
+        """The FP32 `fmt` file, checked against eager PyTorch (ParityError when it differs)."""
         options = ExportOptions(threads=self.threads, dynamo=False if fmt == "onnx" else None)
         return self.once(
-            fmt, lambda d: export_model(self.model, d, formats=[fmt], options=options)[0]
+            fmt, lambda d: export_checked(self.model, d, formats=[fmt], options=options)[0][0]
         )
 
     def ort_int8(self) -> Artifact:
@@ -153,7 +160,7 @@ class Builds:
             bench=False, max_drop=self.max_drop, threads=self.threads, max_excluded=4
         )
         return self.once(
-            "ort-int8",
+            "int8",
             lambda d: quantize(
                 self.exported("onnx"), d, calib=dict(self.calib), eval_data=dict(self.eval_data),
                 options=options,
@@ -162,7 +169,7 @@ class Builds:
 
     def pt2e_int8(self, target: str) -> Artifact:
         return self.once(
-            f"pt2e-{target}",
+            f"int8-{target}",
             lambda d: (
                 quantize_pt2e(
                     self.model, d, target=target, calib=dict(self.calib), threads=self.threads
@@ -215,7 +222,7 @@ def search(
             continue
         results.append(_try(candidate, builds, reference, measure))
         gc.collect()
-    _rank(results)
+    rank(results)
     return TuneReport(results, batch, builds.max_drop, candidates[0].name if candidates else "")
 
 
@@ -224,6 +231,8 @@ def _try(candidate: Candidate, builds: Builds, reference, measure: Measure) -> C
     try:
         require_available(candidate.runtime)
         artifact = candidate.build(builds)
+    except CheckFailedError as exc:  # built, but it does not compute what eager does
+        return CandidateResult(candidate, Outcome.FAILED, first_line(exc, limit=160))
     except ToolchainError as exc:  # unavailable here, or a quantizer/lowering refused the model
         return CandidateResult(candidate, Outcome.SKIPPED, first_line(exc, limit=160))
     drop = _drop(candidate.runtime, artifact, builds, reference)
@@ -236,7 +245,7 @@ def _try(candidate: Candidate, builds: Builds, reference, measure: Measure) -> C
     return result
 
 
-def _rank(results: list[CandidateResult]) -> None:
+def rank(results: list[CandidateResult]) -> None:
     """Speedups against the first candidate; the fastest verified one is chosen, the others
     get the reason they lost."""
     timed = [r for r in results if r.p50_ms]

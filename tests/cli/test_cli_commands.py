@@ -216,12 +216,24 @@ def test_ship_demo_console_script(tmp_path):
     names = {name for name, _ in rows}
     assert {"int8/model.int8.onnx", "pruned/model.onnx", "pruned/int8/model.int8.onnx"} <= names
     for row in report["rows"]:
-        assert row["accuracy"] >= 0.97 and row["drop_points"] <= 1.0
+        if "over budget" not in row["check"]:
+            assert row["accuracy"] >= 0.97 and row["drop_points"] <= 1.0
     int8 = rows[("int8/model.int8.onnx", "ort-cpu")]
     assert int8["precision"] == "int8" and int8["check"].startswith("in budget")
+    # the deployment search: its rows, its table, the release it names and why
+    assert {("model.onnx", "openvino"), ("executorch/model.pte", "executorch")} <= set(rows)
+    assert ("pruned/aoti/model.aoti.pt2", "aoti") in rows
+    release = report["release"]
+    assert rows[(release["artifact"], release["runtime"])]["check"].endswith("release")
+    assert "release: " + release["artifact"] in " ".join(proc.stdout.split())
+    search = json.loads((out / "tune_report.json").read_text())
+    assert sum(c["outcome"] == "chosen" for c in search["candidates"]) == 1
+    assert all(c["reason"] for c in search["candidates"] if c["outcome"] != "chosen")
     manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["release"] == release
     listed = {f["path"] for f in manifest["files"]}
     assert {"model.onnx", "model.ts", "model.pt2", "bench.json", "report.json"} <= listed
+    assert {"tune_report.json", release["artifact"]} <= listed
 
 
 def test_doctor_table_prints_brackets_as_text(capsys):

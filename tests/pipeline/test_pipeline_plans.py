@@ -11,6 +11,7 @@ from torchship.artifact import Artifact, Format, Precision
 from torchship.pipeline import demo_plan, parse_pipeline, plan_for, run_pipeline, ship_demo
 from torchship.pipeline.results import Measurement
 from torchship.pipeline.steps import (
+    CandidatesStep,
     EnginesStep,
     ExportStep,
     LoadStep,
@@ -18,6 +19,7 @@ from torchship.pipeline.steps import (
     PruneStep,
     QuantizeStep,
     ReferencesStep,
+    ReleaseStep,
     ReportKind,
     ReportStep,
     SavePrunedStep,
@@ -34,8 +36,8 @@ def test_the_demo_plan_is_the_pipeline_steps_configured_for_the_demo():
     plan = demo_plan("out")
     assert [type(s) for s in plan.prepare] == [LoadStep, PruneStep]
     assert [type(s) for s in plan.build] == [
-        ExportStep, QuantizeStep, SavePrunedStep, QuantizeStep, EnginesStep, ReferencesStep,
-        MeasureStep, ShipTableStep, ReportStep,
+        ExportStep, QuantizeStep, SavePrunedStep, QuantizeStep, CandidatesStep, EnginesStep,
+        ReferencesStep, MeasureStep, ReleaseStep, ShipTableStep, ReportStep,
     ]  # fmt: skip
     load, prune = plan.prepare
     assert load.source == "demo" and set(load.data) == {"eval", "train", "calib"}
@@ -47,13 +49,15 @@ def test_the_demo_plan_is_the_pipeline_steps_configured_for_the_demo():
         ("pruned/int8-dynamic/onnx", "pruned/int8-dynamic"),
     ]
     assert plan.build[-1].kind is ReportKind.SHIP and plan.bundle_dir == Path("out")
-    bare = demo_plan("out", int8=False, prune=False)
-    assert not any(isinstance(s, QuantizeStep | PruneStep) for s in bare.steps)
+    bare = demo_plan("out", int8=False, prune=False, tune=False)
+    assert not any(
+        isinstance(s, QuantizeStep | PruneStep | CandidatesStep | ReleaseStep) for s in bare.steps
+    )
 
 
 def test_a_pipeline_file_plans_the_same_step_classes():
     plan = plan_for(parse_pipeline(HEAD + PRUNE + STEPS, path=Path("/work/pipeline.toml")))
-    demo = {type(s) for s in demo_plan("out").steps} - {SavePrunedStep, ShipTableStep}
+    demo = {type(s) for s in demo_plan("out", tune=False).steps} - {SavePrunedStep, ShipTableStep}
     assert demo <= {type(s) for s in plan.steps}
     load, prune = plan.prepare
     assert load.roles == ("reference",) and prune.into == "fp32"  # pruned before export

@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from torchship.cli.flags import dump_json, progress
-from torchship.cli.tables import ship_table
+from torchship.cli.tables import release_line, ship_table
 from torchship.errors import EXIT_OK, CheckFailedError, ConfigError
 from torchship.files import atomic_write_text
 from torchship.pipeline import (
@@ -39,6 +39,10 @@ def register_ship(commands) -> None:
     p.add_argument("--json", metavar="OUT", help="also write the result rows as JSON ('-': stdout)")
     p.add_argument("--no-int8", action="store_true", help="demo: skip the INT8 rows")
     p.add_argument("--no-prune", action="store_true", help="demo: skip the pruned rows")
+    p.add_argument(
+        "--no-tune", action="store_true",
+        help="demo: skip the deployment search (OpenVINO, AOTInductor, ExecuTorch rows)",
+    )  # fmt: skip
     p.set_defaults(handler=_ship)
 
 
@@ -49,10 +53,12 @@ def _ship(args: argparse.Namespace, *, console: Console, argv: Sequence[str]) ->
     with progress(console) as step:
         report = ship_demo(
             args.output, bench_config=config, int8=not args.no_int8, prune=not args.no_prune,
-            command=argv, progress=step,
+            tune=not args.no_tune, command=argv, progress=step,
         )  # fmt: skip
     if args.json != "-":  # with --json -, stdout carries the JSON only
         console.print(ship_table(report.rows, batch=report.batch))
+        if report.release is not None:
+            console.print(release_line(report.release))
         console.print(f"bundle: {report.out_dir}/ (manifest.json, bench.json, report.json)")
     if args.json:
         dump_json(args.json, report.to_dict(), console)
@@ -71,6 +77,8 @@ def _ship_pipeline(
     if json_out != "-":  # stdout holds only the JSON then
         for gate in result.gates:
             console.print(f"{'pass' if gate.passed else 'FAIL'}  {gate.name}: {gate.detail}")
+        if result.release is not None:
+            console.print(release_line(result.release))
         console.print(f"bundle: {result.bundle}/ ({'passed' if result.passed else 'FAILED'})")
     if json_out:
         dump_json(json_out, result.to_dict(), console)

@@ -17,6 +17,7 @@ from torchship.runtimes import BenchDocument
 from torchship.tune import TuneReport
 
 __all__ = [
+    "release_line",
     "ship_table",
     "bench_table",
     "doctor_table",
@@ -36,11 +37,11 @@ def human_size(num_bytes: int) -> str:
 
 
 #: narrower names for the ship table, which must fit a 140-column pipe
-_SHORT_FORMATS = {"exported-program": "pt2"}
 
 
 def ship_table(rows: Sequence, *, batch: int) -> Table:
-    # no column rules: eleven columns must fit a 140-column pipe
+    # no column rules, no format column (the file suffix says it): ten columns must fit a
+    # 140-column pipe with the search's longest names; only `check` may wrap
     table = Table(
         title=f"torchship demo — batch {batch}",
         box=box.SIMPLE_HEAD,
@@ -50,15 +51,15 @@ def ship_table(rows: Sequence, *, batch: int) -> Table:
     numeric = ("size", "accuracy", "drop pt", "p50 ms", "vs eager", "vs onnx")
     widest = max((len(r.name) for r in rows), default=8)
     table.add_column("artifact", min_width=widest, no_wrap=True)
-    for column in ("format", "runtime", "prec", *numeric, "check"):
-        table.add_column(column, justify="right" if column in numeric else "left")
+    for column in ("runtime", "prec", *numeric):
+        table.add_column(column, justify="right" if column in numeric else "left", no_wrap=True)
+    table.add_column("check")
     for r in rows:
         accuracy = "-" if r.accuracy is None else f"{100 * r.accuracy:.2f}%"
         drop = "-" if r.drop_points is None else f"{r.drop_points:+.2f}"
         vs_onnx = "-" if r.speedup_vs_onnx is None else f"{r.speedup_vs_onnx:.2f}x"
         table.add_row(
             r.name,
-            _SHORT_FORMATS.get(r.format, r.format),
             r.runtime,
             r.precision,
             human_size(r.size_bytes),
@@ -155,3 +156,15 @@ def tune_table(report: TuneReport) -> Table:
             f"{r.outcome.value}: {r.reason}",
         )  # fmt: skip
     return table
+
+
+def release_line(release: dict) -> str:
+    """The deployment search's choice in one line (tune_report.json says why others lost)."""
+    if release.get("artifact") is None:
+        return f"release: none ({release['reason']})"
+    speedup = release.get("speedup_vs_onnx")
+    versus = "" if speedup is None else f", {speedup:.2f}x FP32 ONNX on ort-cpu"
+    return (
+        f"release: {release['artifact']} on {release['runtime']} ({release['precision']}"
+        f"{versus}, drop {release['drop_points']:+.2f} pt); every candidate: tune_report.json"
+    )

@@ -21,6 +21,7 @@ from torchship.pipeline.schema import PipelineConfig
 from torchship.pipeline.step import CALIB, EVAL, FP32, REFERENCE, TRAIN, Step, artifact_role
 from torchship.pipeline.steps import (
     BaselineRef,
+    CandidatesStep,
     DataFile,
     DataPath,
     DataSource,
@@ -34,6 +35,7 @@ from torchship.pipeline.steps import (
     QuantizeJob,
     QuantizeStep,
     ReferencesStep,
+    ReleaseStep,
     ReportKind,
     ReportStep,
     pipeline_result,
@@ -71,12 +73,21 @@ def plan_for(config: PipelineConfig) -> Plan:
     build: list[Step] = [ExportStep(formats=config.export.formats, options=options)]
     if config.quantize is not None:
         build.append(_quantize(config))
+    if config.tune is not None:
+        tune = config.tune
+        build.append(
+            CandidatesStep(
+                max_drop=tune.max_drop, time_budget_s=tune.time_budget_s,
+                threads=config.bench.threads, variants=(FP32,),
+            )
+        )  # fmt: skip
     if config.engines is not None:
         build.append(_engines(config))
     name = f"{config.name} {config.version}"
     build += [
         ReferencesStep(),
         MeasureStep(config=_bench_config(config), runtimes=config.bench.runtimes),
+        *([ReleaseStep(max_drop=config.tune.max_drop)] if config.tune is not None else []),
         GatesStep(config.gates, first_batch=config.bench.batches[0]),
         ReportStep(
             ReportKind.BUNDLE,

@@ -23,6 +23,7 @@ from torchship.pipeline.schema import (
     PipelineConfig,
     PruneSection,
     QuantizeSection,
+    TuneSection,
 )
 from torchship.regression.stats import CompareConfig
 from torchship.runtimes.base import get_runner
@@ -41,6 +42,7 @@ _SECTIONS: dict[str, type] = {
     "prune": PruneSection,
     "quantize": QuantizeSection,
     "engines": EnginesSection,
+    "tune": TuneSection,
     "bench": BenchSection,
     "gates": GatesSection,
 }
@@ -197,6 +199,8 @@ def _validate(config: PipelineConfig, lines: _LineIndex) -> None:
         raise ConfigError(f"{where}: must be 0..100 percentage points, got {drop}")
     if config.engines is not None:
         _each(config.engines.precisions, _precision, lines.at("engines", "precisions"))
+    if config.tune is not None:
+        _validate_tune(config, lines)
     for step in ("prune", "quantize", "engines"):
         if getattr(config, step) is not None:
             try:
@@ -228,6 +232,23 @@ def _validate_bench(bench: BenchSection, lines: _LineIndex) -> None:
     _positive(lines.at("bench", "warmup"), bench.warmup)
     if bench.threads is not None:
         _positive(lines.at("bench", "threads"), bench.threads, strict=True)
+
+
+def _validate_tune(config: PipelineConfig, lines: _LineIndex) -> None:
+    """The search needs labelled eval data and calibration data for its INT8 candidates."""
+    tune = config.tune
+    if not 0 <= tune.max_drop <= 100:
+        where = lines.at("tune", "max_drop")
+        raise ConfigError(f"{where}: must be 0..100 percentage points, got {tune.max_drop}")
+    if tune.time_budget_s is not None:
+        _positive(lines.at("tune", "time_budget_s"), tune.time_budget_s, strict=True)
+    if config.model.eval is None and config.model.source != "demo":
+        raise ConfigError(f"{lines.at('tune')}: needs labelled eval data: set [model] eval")
+    if config.quantize is None or config.quantize.calib is None:
+        raise ConfigError(
+            f"{lines.at('tune')}: needs calibration data for its INT8 candidates: set "
+            "[quantize] calib"
+        )
 
 
 def _validate_gates(gates: GatesSection, lines: _LineIndex) -> None:

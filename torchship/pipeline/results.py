@@ -73,7 +73,7 @@ class ShipRow:
     drop_points: float | None
     p50_ms: float
     speedup_vs_eager: float
-    #: vs the FP32 ONNX model on the same runtime (ort-cpu for non-ONNX rows)
+    #: vs the FP32 ONNX model on ort-cpu (on the same provider for ort-cuda / ort-trt rows)
     speedup_vs_onnx: float | None
     #: how it was checked: parity vs eager, or the INT8 accuracy budget
     check: str
@@ -102,12 +102,15 @@ class ShipReport:
     bench: BenchDocument
     #: False when an INT8 artifact missed its accuracy budget (it is still written, marked)
     passed: bool = True
+    #: the deployment search's choice (`release_summary`), None when the search did not run
+    release: dict | None = None
 
     def to_dict(self) -> dict:
         return {
             "out_dir": str(self.out_dir),
             "batch": self.batch,
             "passed": self.passed,
+            "release": self.release,
             "rows": [r.to_dict() for r in self.rows],
         }
 
@@ -122,6 +125,8 @@ class PipelineResult:
     bundle: Path
     gates: tuple[GateResult, ...]
     rows: tuple[BundleRow, ...]
+    #: the deployment search's choice, with `[tune]` (`release_summary`)
+    release: dict | None = None
 
     @property
     def passed(self) -> bool:
@@ -132,6 +137,7 @@ class PipelineResult:
             "bundle": str(self.bundle),
             "status": "passed" if self.passed else "failed",
             "gates": [g.to_dict() for g in self.gates],
+            "release": self.release,
             "rows": [r.to_dict() for r in self.rows],
         }
 

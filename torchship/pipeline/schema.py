@@ -15,6 +15,7 @@ __all__ = [
     "PruneSection",
     "QuantizeSection",
     "EnginesSection",
+    "TuneSection",
     "BenchSection",
     "GatesSection",
     "PipelineConfig",
@@ -63,6 +64,17 @@ class EnginesSection:
 
 
 @dataclass(frozen=True)
+class TuneSection:
+    """The deployment search: every runtime x precision candidate is built, measured and held
+    to `max_drop` points (top-1 vs eager on [model] eval); the fastest verified one is the
+    release. INT8 candidates calibrate on [quantize] calib."""
+
+    max_drop: float = 0.5
+    #: seconds of building after which the remaining candidates are not tried
+    time_budget_s: float | None = None
+
+
+@dataclass(frozen=True)
 class BenchSection:
     runtimes: tuple[str, ...] = ()
     batches: tuple[int, ...] = (1,)
@@ -93,6 +105,7 @@ class PipelineConfig:
     prune: PruneSection | None = None
     quantize: QuantizeSection | None = None
     engines: EnginesSection | None = None
+    tune: TuneSection | None = None
     bench: BenchSection = field(default_factory=BenchSection)
     gates: GatesSection = field(default_factory=GatesSection)
     #: where the file was read from; relative paths inside it resolve against its folder

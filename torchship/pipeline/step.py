@@ -13,7 +13,7 @@ import abc
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from torchship.errors import ConfigError
 from torchship.loaded import LoadedModel
 from torchship.pipeline.results import BundleRow, GateResult, Measurement, ShipRow
 from torchship.runtimes.bench import BenchDocument
+
+if TYPE_CHECKING:
+    from torchship.tune import TuneReport
 
 __all__ = [
     "CALIB",
@@ -83,6 +86,14 @@ class StepResult:
     gates: tuple[GateResult, ...] = ()
     #: the bench document, as written to bench.json
     bench: BenchDocument | None = None
+    #: artifact role -> runtimes it is measured on beyond its format's own (the search's)
+    measure_on: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: search candidate name -> why it was not built or tried here
+    skipped: dict[str, str] = field(default_factory=dict)
+    #: the deployment search over the measured rows: each candidate's outcome
+    search: TuneReport | None = None
+    #: the search's choice as the manifest and report.json hold it (`release_summary`)
+    release: dict | None = None
 
     def roles(self) -> list[str]:
         return [*self.artifacts, *self.models, *self.data]

@@ -35,6 +35,10 @@ formats = ["onnx", "torchscript", "exported-program"]
 # presets = ["auto"]
 # calib = "calib.npz"
 
+# [tune]                                 # deployment search: every runtime x precision
+# max_drop = 0.5                         # top-1 points vs eager on [model] eval; needs
+# time_budget_s = 300                    # [quantize] calib; the fastest verified is the release
+
 # [engines]                              # TensorRT engines (skipped, logged, without a GPU)
 # precisions = ["fp16"]                  # int8 builds from the "tensorrt" quantize preset
 

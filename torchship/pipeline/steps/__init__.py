@@ -17,9 +17,11 @@ from torchship.pipeline.steps.quantize import QuantizeJob, QuantizeStep
 from torchship.pipeline.steps.references import ReferencesStep
 from torchship.pipeline.steps.report import ReportKind, ReportStep, pipeline_result, ship_report
 from torchship.pipeline.steps.tables import ShipTableStep
+from torchship.pipeline.steps.tune import CandidatesStep, ReleaseStep
 
 __all__ = [
     "BaselineRef",
+    "CandidatesStep",
     "DataFile",
     "DataPath",
     "DataSource",
@@ -33,6 +35,7 @@ __all__ = [
     "QuantizeJob",
     "QuantizeStep",
     "ReferencesStep",
+    "ReleaseStep",
     "ReportKind",
     "ReportStep",
     "SavePrunedStep",

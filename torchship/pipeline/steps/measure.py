@@ -51,8 +51,9 @@ def bench_in_bundle(results: Sequence[BenchResult], stage: Path) -> BenchDocumen
 
 @dataclass(frozen=True)
 class MeasureStep(Step):
-    """Every artifact (eager first) on each of its runtimes: top-1 accuracy on the `eval` data
-    when the state has it, then latency at each batch of `config`."""
+    """Every artifact (eager first) on each of its runtimes (and those the search asked for in
+    `measure_on`): top-1 accuracy on the `eval` data when the state has it, then latency at
+    each batch of `config`."""
 
     name = "measure"
     writes = True
@@ -68,7 +69,7 @@ class MeasureStep(Step):
         results: list[BenchResult] = []
         for role, artifact in state.artifacts.items():
             label = _label(artifact, state.stage)
-            for runtime in self._runtimes(artifact):
+            for runtime in self._runtimes(artifact, state.measure_on.get(role, ())):
                 state.progress(f"accuracy and latency of {label} on {runtime}")
                 accuracy = self._accuracy(runtime, artifact, state)
                 for batch in self.config.batches:
@@ -84,11 +85,14 @@ class MeasureStep(Step):
             bench=bench_in_bundle(results, state.stage),
         )
 
-    def _runtimes(self, artifact: Artifact) -> list[str]:
+    def _runtimes(self, artifact: Artifact, extra: tuple[str, ...]) -> list[str]:
+        """`runtimes` (or every runtime here) for the format, then the search's `extra` ones."""
         if self.runtimes is None:
-            return runtimes_for(artifact.format)
-        chosen = [r for r in self.runtimes if artifact.format in get_runner(r).formats]
-        return chosen or [default_runtime_for(artifact.format)]
+            chosen = runtimes_for(artifact.format)
+        else:
+            chosen = [r for r in self.runtimes if artifact.format in get_runner(r).formats]
+            chosen = chosen or [default_runtime_for(artifact.format)]
+        return [*chosen, *(r for r in extra if r not in chosen)]
 
     def _accuracy(self, runtime: str, artifact: Artifact, state: PipelineState) -> float | None:
         data = state.data.get(self.eval)

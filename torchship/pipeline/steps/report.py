@@ -25,12 +25,12 @@ def ship_report(state: PipelineState) -> ShipReport:
     """The ship table's report; it fails when an INT8 artifact missed its accuracy budget."""
     passed = all(a.details.get("passed", True) for a in state.shipped())
     batch = state.measurements[0].batch
-    return ShipReport(state.bundle_dir, state.table, batch, state.bench, passed)
+    return ShipReport(state.bundle_dir, state.table, batch, state.bench, passed, state.release)
 
 
 def pipeline_result(state: PipelineState) -> PipelineResult:
     """The bundle's result; it fails when a gate failed."""
-    return PipelineResult(state.bundle_dir, state.gates, state.rows)
+    return PipelineResult(state.bundle_dir, state.gates, state.rows, state.release)
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class ReportStep(Step):
             state.stage, report, bench=state.bench, rows=state.rows, gates=state.gates,
             title=self.title, suite=self.suite, files=self.files,
         )  # fmt: skip
-        extra = {"status": "passed" if report.passed else "failed"}
+        extra = {"status": "passed" if report.passed else "failed", "release": report.release}
         if self.pipeline is not None:
             extra["pipeline"] = self.pipeline
         manifest = build_manifest(

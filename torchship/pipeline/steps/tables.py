@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from torchship.artifact import Artifact, Format
 from torchship.pipeline.results import BundleRow, Measurement, ShipRow
 from torchship.pipeline.step import EAGER, FP32, PipelineState, Step, StepResult, artifact_role
+from torchship.tune import Outcome, TuneReport
 
 __all__ = ["ShipTableStep", "bundle_rows", "ship_rows"]
 
@@ -34,18 +35,31 @@ def bundle_rows(measurements: Sequence[Measurement]) -> list[BundleRow]:
     ]
 
 
-def ship_rows(measurements: Sequence[Measurement], origins: Mapping[str, str]) -> list[ShipRow]:
+def ship_rows(
+    measurements: Sequence[Measurement],
+    origins: Mapping[str, str],
+    release: TuneReport | None = None,
+) -> list[ShipRow]:
     """The ship table: drop in points and speedup vs eager, speedup vs the FP32 ONNX model on
-    the same runtime (ort-cpu for other formats), and how each row was checked. An INT8 row
-    not faster than the FP32 artifact it came from (`origins`) is marked "slower"."""
+    ort-cpu (on the same provider for ort-cuda/ort-trt rows), and how each row was checked. An
+    INT8 row not faster than the FP32 artifact it came from (`origins`) on the same runtime is
+    marked "slower"; with the deployment search's `release`, the chosen row is marked
+    "release" and a row over the search's budget "over budget"."""
+    outcomes = {} if release is None else {r.candidate.name: r for r in release.results}
     eager = next(m for m in measurements if m.role == EAGER)
     fp32_onnx = artifact_role(FP32, Format.ONNX)
     onnx_p50 = {m.runtime: m.p50_ms for m in measurements if m.role == fp32_onnx}
     by_role = {(m.role, m.runtime): m for m in measurements}
     rows = []
     for m in measurements:
-        reference = onnx_p50.get(m.runtime, onnx_p50.get("ort-cpu"))
+        same = m.runtime if m.runtime.startswith("ort-") else "ort-cpu"
+        reference = onnx_p50.get(same, onnx_p50.get("ort-cpu"))
         check = _check_label(m.artifact)
+        outcome = outcomes.get(f"{m.label} on {m.runtime}")
+        if outcome is not None and outcome.outcome is Outcome.CHOSEN:
+            check += ", release"
+        elif outcome is not None and outcome.outcome is Outcome.FAILED and "OVER" not in check:
+            check += ", over budget"
         source = by_role.get((origins.get(m.role, ""), m.runtime))
         if source is not None and source.p50_ms <= m.p50_ms:
             log.warning(
@@ -94,4 +108,5 @@ class ShipTableStep(Step):
     name = "table"
 
     def run(self, state: PipelineState) -> StepResult:
-        return StepResult(table=tuple(ship_rows(state.measurements, state.origins)))
+        rows = ship_rows(state.measurements, state.origins, state.search)
+        return StepResult(table=tuple(rows))
