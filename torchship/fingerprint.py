@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 
 #: CPU features that change which kernels (and which quantization presets) run fast.
 ISA_FLAGS = (
-    "sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
-    "amx_tile", "amx_int8", "amx_bf16",
+    "sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
+    "avx_vnni", "amx_tile", "amx_int8", "amx_bf16",
 )  # fmt: skip
 #: The Arm counterparts (/proc/cpuinfo `Features`): NEON, fp16, int8 dot product, SVE, i8mm, bf16.
 ARM_ISA_FLAGS = ("asimd", "asimdhp", "asimddp", "sve", "sve2", "i8mm", "bf16")
