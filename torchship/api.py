@@ -50,6 +50,8 @@ def export(
     trust_pickle: bool = False,
     options=None,
     command: Sequence[str] | None = None,
+    task: str | None = None,
+    config: str | None = None,
 ) -> ExportResult:
     """Export `source` to each format, check every artifact against eager PyTorch, write a manifest.
 
@@ -59,7 +61,14 @@ def export(
     model = (
         source
         if isinstance(source, LoadedModel)
-        else load_model(source, inputs=inputs, weights=weights, trust_pickle=trust_pickle)
+        else load_model(
+            source,
+            inputs=inputs,
+            weights=weights,
+            trust_pickle=trust_pickle,
+            task=task,
+            config=config,
+        )
     )
     names = list(formats) if formats else list(FILE_FORMATS)
     for name in names:

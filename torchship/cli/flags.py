@@ -69,12 +69,20 @@ def specs_from_args(args: argparse.Namespace) -> list[InputSpec]:
 
 
 def add_weights_flags(parser: argparse.ArgumentParser) -> None:
-    """--weights and --trust-pickle, for commands that load a model source."""
+    """--weights, --trust-pickle and the hf: flags, for commands that load a model source."""
     parser.add_argument("--weights", help="state_dict file (torch.save) or .safetensors")
     parser.add_argument(
         "--trust-pickle",
         action="store_true",
         help="allow loading fully pickled models/weights (runs code from the file)",
+    )
+    parser.add_argument(
+        "--task",
+        help="hf: sources: feature-extraction (mean-pooled), last-hidden-state, "
+        "sequence-classification, image-classification, fill-mask, audio-classification",
+    )
+    parser.add_argument(
+        "--config", metavar="JSON", help="hf:ConfigClass: config fields, inline JSON or a file"
     )
 
 
