@@ -91,7 +91,11 @@ def add_weights_flags(parser: argparse.ArgumentParser) -> None:
 
 def add_bench_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime", help="comma-separated runtimes (default: the format's own)")
-    parser.add_argument("--batch", default="1", help="comma-separated batch sizes, e.g. 1,8")
+    parser.add_argument(
+        "--batch",
+        default=None,
+        help="comma-separated batch sizes, e.g. 1,8 (default 1, or the model's fixed batch)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads")
     parser.add_argument("--warmup", type=int, default=10, help="untimed iterations first")
     parser.add_argument("--iters", type=int, default=None, help="timed iterations (fixed count)")
@@ -106,7 +110,7 @@ def add_bench_flags(parser: argparse.ArgumentParser) -> None:
 
 def bench_config_from_args(args: argparse.Namespace) -> BenchConfig:
     return BenchConfig(
-        batches=_int_list("--batch", args.batch),
+        batches=_int_list("--batch", args.batch or "1"),
         threads=args.threads,
         warmup=args.warmup,
         iters=args.iters,
