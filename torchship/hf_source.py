@@ -252,9 +252,9 @@ def _infer_inputs(model) -> tuple[InputSpec, ...]:
         channels = getattr(config, "num_channels", 3)
         return (_spec("pixel_values", "float32", (_BATCH, channels, h, w), {0: "batch"}),)
     if main == "input_values":
-        return (
-            _spec("input_values", "float32", (_BATCH, _AUDIO_SAMPLES), {0: "batch", 1: "samples"}),
-        )
+        # batch only: the feature convolutions make torch.export demand a multiple of their
+        # total stride for a dynamic length (pass --input/--dynamic to choose)
+        return (_spec("input_values", "float32", (_BATCH, _AUDIO_SAMPLES), {0: "batch"}),)
     seq = min(_SEQ, getattr(config, "max_position_embeddings", None) or _SEQ)
     axes = {0: "batch", 1: "seq"}
     vocab = getattr(config, "vocab_size", None)
