@@ -11,6 +11,9 @@ import pytest
 
 from torchship.cli.main import main
 from torchship.errors import BackendUnavailableError, ConfigError, ModelLoadError
+from torchship.pipeline.bundle import plan_for
+from torchship.pipeline.parse import parse_pipeline
+from torchship.pipeline.steps import LoadStep
 from torchship.sources import load_model
 
 pytest.importorskip("transformers")
@@ -208,3 +211,17 @@ def test_minilm_exports_with_parity_and_dynamic_batch_and_seq(tmp_path, capsys):
     assert all(c["passed"] for c in cases)
     assert any("seq=" in c["case"] for c in cases)  # parity at another sequence length too
     assert manifest["inputs"][0]["value_range"] == [0, 30522]
+
+
+def test_pipeline_model_section_passes_task_and_config(tmp_path):
+    (tmp_path / "bert.json").write_text(BERT)
+    text = (
+        '[pipeline]\nname = "bert"\nversion = "1"\n\n[model]\nsource = "hf:BertConfig"\n'
+        'task = "sequence-classification"\nconfig = "bert.json"\n'
+    )
+    config = parse_pipeline(text, path=tmp_path / "pipeline.toml")
+    load = next(s for s in plan_for(config).prepare if isinstance(s, LoadStep))
+    assert load.task == "sequence-classification"
+    assert load.config == str(tmp_path / "bert.json")
+    model = load_model(load.source, task=load.task, config=load.config)
+    assert model.outputs == ("logits",)
