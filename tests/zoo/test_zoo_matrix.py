@@ -53,7 +53,12 @@ def _step(capsys, *argv) -> tuple[int, str]:
     errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
     verdict = [line for line in captured.out.splitlines() if line.startswith("result:")]
     assert len(errors) == 1 or verdict, text
-    reason = errors[0].removeprefix("error: ") if errors else verdict[0].split("; manifest")[0]
+    if errors:
+        reason = errors[0].removeprefix("error: ")
+    else:  # a check failed: its verdict, and the last warning that says why
+        warnings = [line for line in captured.out.splitlines() if line.startswith("warning:")]
+        why = warnings[-1].removeprefix("warning: ") if warnings else ""
+        reason = f"{verdict[0].split(' (')[0].removeprefix('result: ')}: {why}"
     return code, f"exit {code}: {reason[:160]}"
 
 
