@@ -114,14 +114,22 @@ def export_args(model: LoadedModel) -> tuple[torch.Tensor, ...]:
     return to_torch_inputs(model.inputs, export_feeds(model))
 
 
-def dynamic_shapes_for(specs: Sequence[InputSpec]) -> tuple[dict[int, object], ...] | None:
-    """torch.export dynamic_shapes (positional), one `Dim` per dim name shared across inputs."""
+def dynamic_shapes_for(
+    specs: Sequence[InputSpec], module: torch.nn.Module | None = None
+) -> tuple[dict[int, object], ...] | None:
+    """torch.export dynamic_shapes (positional), one `Dim` per dim name shared across inputs.
+
+    A module may bound a dim with a `torchship_dim_max` dict (name -> largest size): a
+    transformer's sequence cannot pass its position table, and torch.export refuses an
+    unbounded dim that the model's guards bound.
+    """
     if not any(s.dynamic for s in specs):
         return None
+    bounds = getattr(module, "torchship_dim_max", None) or {}
     dims: dict[str, object] = {}
     for spec in specs:
         for name in spec.dynamic.values():
-            dims.setdefault(name, torch.export.Dim(name))
+            dims.setdefault(name, torch.export.Dim(name, max=bounds.get(name)))
     return tuple({axis: dims[name] for axis, name in s.dynamic.items()} for s in specs)
 
 

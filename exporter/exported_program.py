@@ -28,7 +28,9 @@ def to_exported_program(model: LoadedModel) -> torch.export.ExportedProgram:
     module = eval_mode(model.module)
     with quiet_torch():
         return torch.export.export(
-            module, export_args(model), dynamic_shapes=dynamic_shapes_for(model.inputs)
+            module,
+            export_args(model),
+            dynamic_shapes=dynamic_shapes_for(model.inputs, model.module),
         )
 
 

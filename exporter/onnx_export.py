@@ -122,7 +122,7 @@ def export_onnx_dynamo(model: LoadedModel, path: Path, *, opset: int) -> None:
             external_data=False,
             input_names=[s.name for s in model.inputs],
             output_names=list(model.outputs),
-            dynamic_shapes=dynamic_shapes_for(model.inputs),
+            dynamic_shapes=dynamic_shapes_for(model.inputs, model.module),
             opset_version=opset,
         )
 

@@ -26,7 +26,7 @@ from torchship.sources import load_model
 from torchship.specs import InputSpec
 from torchship.staging import staged_output
 
-__all__ = ["ExportResult", "export", "bench", "open_artifacts"]
+__all__ = ["ExportResult", "export", "bench", "fixed_batch", "open_artifacts"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ def export(
     trust_pickle: bool = False,
     options=None,
     command: Sequence[str] | None = None,
+    task: str | None = None,
+    config: str | None = None,
 ) -> ExportResult:
     """Export `source` to each format, check every artifact against eager PyTorch, write a manifest.
 
@@ -59,7 +61,14 @@ def export(
     model = (
         source
         if isinstance(source, LoadedModel)
-        else load_model(source, inputs=inputs, weights=weights, trust_pickle=trust_pickle)
+        else load_model(
+            source,
+            inputs=inputs,
+            weights=weights,
+            trust_pickle=trust_pickle,
+            task=task,
+            config=config,
+        )
     )
     names = list(formats) if formats else list(FILE_FORMATS)
     for name in names:
@@ -81,6 +90,18 @@ def export(
     return ExportResult(final, model, moved, reports, final / "manifest.json")
 
 
+def fixed_batch(artifact: Artifact) -> tuple[int] | None:
+    """(B,) when every input of `artifact` has a fixed axis 0 of the same size B, else None."""
+    sizes = {s.shape[0] for s in artifact.inputs if s.shape and 0 not in s.dynamic}
+    if (
+        not artifact.inputs
+        or len(sizes) != 1
+        or any(not s.shape or 0 in s.dynamic for s in artifact.inputs)
+    ):
+        return None
+    return (sizes.pop(),)
+
+
 def open_artifacts(
     paths: Sequence[str | Path], *, inputs: Sequence[InputSpec] | None = None
 ) -> list[Artifact]:
@@ -94,11 +115,14 @@ def bench(
     config: BenchConfig | None = None,
     inputs: Sequence[InputSpec] | None = None,
     progress: Callable[[str], None] | None = None,
+    model_batch: bool = False,
 ) -> BenchDocument:
     """Benchmark each artifact on each runtime (default: the artifact format's runtime).
 
     Returns the `torchship.bench/1` document (docs/design.md, "Bench result"); `to_dict()` is
     its JSON. `progress(message)` hears which artifact, runtime and batch is being timed.
+    With `model_batch` (no batch was asked for), an artifact whose inputs fix axis 0 is timed
+    at that batch rather than at `config.batches`.
     """
     config = config or BenchConfig()
     opened = [a if isinstance(a, Artifact) else Artifact.open(a, inputs=inputs) for a in artifacts]
@@ -117,7 +141,7 @@ def bench(
     step = progress or (lambda message: None)
     results = []
     for name, artifact in plan:
-        for batch in config.batches:
+        for batch in (fixed_batch(artifact) or config.batches) if model_batch else config.batches:
             step(f"timing {artifact.path.name} on {name}, batch {batch}")
             results.append(bench_runner(name, artifact, config=config, batch=batch))
     return bench_document(results)

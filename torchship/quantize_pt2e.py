@@ -56,6 +56,8 @@ def quantize_pt2e(
     inputs: Sequence[InputSpec] | None = None,
     weights: str | Path | None = None,
     trust_pickle: bool = False,
+    task: str | None = None,
+    config: str | None = None,
     samples: int | None = None,
     seed: int = 0,
     threads: int | None = None,
@@ -74,7 +76,8 @@ def quantize_pt2e(
     if not 0 <= max_drop <= 100:
         raise ConfigError(f"--max-drop {max_drop}: must be 0..100 percentage points")
     model = source if isinstance(source, LoadedModel) else load_model(
-        source, inputs=inputs, weights=weights, trust_pickle=trust_pickle
+        source, inputs=inputs, weights=weights, trust_pickle=trust_pickle, task=task,
+        config=config,
     )  # fmt: skip
     out_dir = Path(out) if out is not None else _default_out(model, target)
     calib_set = open_data(calib, inputs=model.inputs, samples=samples, seed=seed)

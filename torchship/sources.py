@@ -1,4 +1,5 @@
-"""Model sources: `demo`, `pkg.module:factory`, `file.py:factory`, `.pt2`, TorchScript archives."""
+"""Model sources: `demo`, `pkg.module:factory`, `file.py:factory`, `.pt2`, TorchScript archives,
+`hf:DIR` / `hf:ConfigClass` (torchship.hf_source) and `timm:NAME` (torchship.timm_source)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ import torch
 
 from torchship.errors import ConfigError, ModelLoadError, first_line
 from torchship.files import import_python_file, sha256_file
+from torchship.hf_source import load_hf
 from torchship.interrupts import reraise_interrupt
 from torchship.loaded import LoadedModel, eval_mode, flatten_outputs, to_torch_inputs
 from torchship.models import load_demo
 from torchship.specs import InputSpec, random_feeds
+from torchship.timm_source import build_timm
 
 __all__ = ["load_model", "load_weights"]
 
@@ -37,8 +40,23 @@ def load_model(
     weights: str | Path | None = None,
     trust_pickle: bool = False,
     output_names: Sequence[str] | None = None,
+    task: str | None = None,
+    config: str | None = None,
 ) -> LoadedModel:
-    """Load `source` as a LoadedModel. `inputs` is required where the source cannot tell them."""
+    """Load `source` as a LoadedModel. `inputs` is required where the source cannot tell them.
+
+    `task` and `config` (inline JSON or a JSON file) apply to `hf:` sources only.
+    """
+    if source.startswith("hf:"):
+        return _load_hf(source, task, config, inputs, weights, trust_pickle, output_names)
+    if task is not None or config is not None:
+        raise ConfigError(f"{source}: --task/--config apply to hf: sources only")
+    if source.startswith("timm:"):
+        module, found = build_timm(source)
+        digest = (
+            None if weights is None else load_weights(module, weights, trust_pickle=trust_pickle)
+        )
+        return _finish(module, inputs or found, source, digest, output_names)
     if source == "demo":
         if weights is not None:
             raise ConfigError("--weights cannot be used with the demo model (its weights ship)")
@@ -66,6 +84,14 @@ def load_model(
         digest = load_weights(module, weights, trust_pickle=trust_pickle)
     default_inputs = getattr(factory, "torchship_inputs", None)
     return _finish(module, inputs or default_inputs, source, digest, output_names)
+
+
+def _load_hf(source, task, config, inputs, weights, trust_pickle, output_names) -> LoadedModel:
+    hf = load_hf(source, task=task, config=config, inputs=inputs, weights=weights)
+    digest = hf.weights_sha256
+    if weights is not None:
+        digest = load_weights(hf.module.model, weights, trust_pickle=trust_pickle)
+    return _finish(hf.module, hf.inputs, source, digest, output_names or hf.outputs)
 
 
 def _finish(

@@ -18,8 +18,10 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from torchship.errors import ConfigError, ExportError
+from torchship.errors import ConfigError, ExportError, ToolchainError, first_line
+from torchship.exporter.pruning.blame import run_blaming
 from torchship.exporter.pruning.importance import IMPORTANCES, accumulate_taylor_gradients
+from torchship.interrupts import reraise_interrupt
 from torchship.loaded import LoadedModel, eval_mode, flatten_outputs, to_torch_inputs
 
 __all__ = [
@@ -162,11 +164,11 @@ def prune_channels(
     )
     if spec.needs_data:
         accumulate_taylor_gradients(module, data, model.inputs)
-    pruner.step()
+    _step(pruner)
     module.zero_grad(set_to_none=True)
     eval_mode(module)
     pruned = replace(model, module=module)
-    _check_outputs(model, pruned)
+    run_blaming(module, lambda: _check_outputs(model, pruned), what="pruning")
     after_channels = _out_channels(module)
     plan = {name: [c, after_channels[name]] for name, c in before_channels.items()}
     after = count_cost(module, args)
@@ -229,6 +231,7 @@ def _ignored_modules(
             valid = ", ".join(n for n, m in named.items() if isinstance(m, _ROOT_TYPES))
             raise ConfigError(f"--ignore {name!r}: no such layer; layers: {valid}")
         ignored.extend(named[name].modules())
+    ignored.extend(_parametrized(module))
     outputs: list[torch.Tensor] = []
 
     def capture(out):
@@ -252,6 +255,25 @@ def _ignored_modules(
             "are free to remove (each reaches a model output, meets a model input or is ignored)"
         )
     return ignored, tuple(protected)
+
+
+def _step(pruner) -> None:
+    """Remove the channels; a layer torch-pruning cannot rewrite is named, not a KeyError."""
+    try:
+        pruner.step()
+    except ToolchainError:
+        raise
+    except Exception as exc:
+        reraise_interrupt(exc)
+        raise ExportError(
+            f"pruning cannot rewrite this model: {first_line(exc, limit=200)}; keep the layer "
+            "whole with --ignore NAME"
+        ) from exc
+
+
+def _parametrized(module: nn.Module) -> list[nn.Module]:
+    """Layers with parametrized weights (weight_norm): torch-pruning cannot resize them."""
+    return [m for m in module.modules() if nn.utils.parametrize.is_parametrized(m)]
 
 
 def _touches_io(graph, dep, output_fns: set) -> bool:

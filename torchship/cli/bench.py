@@ -45,6 +45,7 @@ def _bench(args: argparse.Namespace, *, console: Console, argv: Sequence[str]) -
             config=config,
             inputs=specs_from_args(args) or None,
             progress=step,
+            model_batch=args.batch is None,
         )
     if args.json != "-":  # high-CV warnings are logged by the bench layer itself
         console.print(bench_table(document))

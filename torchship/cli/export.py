@@ -19,7 +19,9 @@ __all__ = ["register_export"]
 def register_export(commands) -> None:
     p = commands.add_parser("export", help="export a model and check every artifact's parity")
     p.add_argument(
-        "model", help="demo | pkg.module:factory | file.py:factory | model.pt2 | model.ts"
+        "model",
+        help="demo | pkg.module:factory | file.py:factory | model.pt2 | model.ts | hf:DIR | "
+        "hf:ConfigClass | timm:NAME",
     )
     add_input_flags(p)
     add_weights_flags(p)
@@ -53,6 +55,8 @@ def _export(args: argparse.Namespace, *, console: Console, argv: Sequence[str]) 
             inputs=specs_from_args(args),
             weights=args.weights,
             trust_pickle=args.trust_pickle,
+            task=args.task,
+            config=args.config,
             options=options,
             command=argv,
         )

@@ -69,12 +69,20 @@ def specs_from_args(args: argparse.Namespace) -> list[InputSpec]:
 
 
 def add_weights_flags(parser: argparse.ArgumentParser) -> None:
-    """--weights and --trust-pickle, for commands that load a model source."""
+    """--weights, --trust-pickle and the hf: flags, for commands that load a model source."""
     parser.add_argument("--weights", help="state_dict file (torch.save) or .safetensors")
     parser.add_argument(
         "--trust-pickle",
         action="store_true",
         help="allow loading fully pickled models/weights (runs code from the file)",
+    )
+    parser.add_argument(
+        "--task",
+        help="hf: sources: feature-extraction (mean-pooled), last-hidden-state, "
+        "sequence-classification, image-classification, fill-mask, audio-classification",
+    )
+    parser.add_argument(
+        "--config", metavar="JSON", help="hf:ConfigClass: config fields, inline JSON or a file"
     )
 
 
@@ -83,7 +91,11 @@ def add_weights_flags(parser: argparse.ArgumentParser) -> None:
 
 def add_bench_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime", help="comma-separated runtimes (default: the format's own)")
-    parser.add_argument("--batch", default="1", help="comma-separated batch sizes, e.g. 1,8")
+    parser.add_argument(
+        "--batch",
+        default=None,
+        help="comma-separated batch sizes, e.g. 1,8 (default 1, or the model's fixed batch)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads")
     parser.add_argument("--warmup", type=int, default=10, help="untimed iterations first")
     parser.add_argument("--iters", type=int, default=None, help="timed iterations (fixed count)")
@@ -98,7 +110,7 @@ def add_bench_flags(parser: argparse.ArgumentParser) -> None:
 
 def bench_config_from_args(args: argparse.Namespace) -> BenchConfig:
     return BenchConfig(
-        batches=_int_list("--batch", args.batch),
+        batches=_int_list("--batch", args.batch or "1"),
         threads=args.threads,
         warmup=args.warmup,
         iters=args.iters,

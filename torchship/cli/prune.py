@@ -22,7 +22,7 @@ __all__ = ["register_prune"]
 
 def register_prune(commands) -> None:
     p = commands.add_parser("prune", help="remove channels (folded before export) and recover")
-    p.add_argument("model", help="demo | pkg.module:factory | file.py:factory")
+    p.add_argument("model", help="demo | pkg.module:factory | file.py:factory | hf:DIR | timm:NAME")
     add_input_flags(p)
     add_weights_flags(p)
     amount = p.add_mutually_exclusive_group()
@@ -59,6 +59,8 @@ def _prune(args: argparse.Namespace, *, console: Console, argv: Sequence[str]) -
         inputs=specs_from_args(args) or None,
         weights=args.weights,
         trust_pickle=args.trust_pickle,
+        task=args.task,
+        config=args.config,
     )
     train = load_arrays(args.train, inputs=model.inputs, what="--train") if args.train else None
     evaluation = load_arrays(args.eval, inputs=model.inputs, what="--eval") if args.eval else None

@@ -40,6 +40,8 @@ def quantize_pt2e_command(args: argparse.Namespace, *, console: Console, argv) -
             inputs=specs_from_args(args) or None,
             weights=args.weights,
             trust_pickle=args.trust_pickle,
+            task=args.task,
+            config=args.config,
             samples=args.samples,
             seed=args.seed,
             threads=args.threads,

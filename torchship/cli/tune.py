@@ -42,7 +42,7 @@ def register_tune(commands) -> None:
 def _tune(args: argparse.Namespace, *, console: Console, argv) -> int:
     model = load_model(
         args.model, inputs=specs_from_args(args) or None, weights=args.weights,
-        trust_pickle=args.trust_pickle,
+        trust_pickle=args.trust_pickle, task=args.task, config=args.config,
     )  # fmt: skip
     with progress(console) as step:
         step(f"tuning {args.model}")

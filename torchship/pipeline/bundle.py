@@ -109,6 +109,8 @@ def _load(config: PipelineConfig) -> LoadStep:
     source = section.source
     if ":" not in source and source != "demo":
         source = str(config.resolve(source))
+    elif source.startswith("hf:") and not source.endswith("Config"):  # hf:DIR, beside the file
+        source = f"hf:{config.resolve(source.removeprefix('hf:'))}"
     gates = config.gates
     baseline = None
     if gates.baseline is not None:
@@ -121,7 +123,16 @@ def _load(config: PipelineConfig) -> LoadStep:
         roles=(REFERENCE,) if config.prune is not None else (REFERENCE, FP32),
         data=_data(config),
         baseline=baseline,
+        task=section.task,
+        config=_hf_config(config, section.config),
     )
+
+
+def _hf_config(config: PipelineConfig, text: str | None) -> str | None:
+    """[model] config: inline JSON stays as it is; a file path resolves beside the pipeline."""
+    if text is None or text.lstrip().startswith("{"):
+        return text
+    return str(config.resolve(text))
 
 
 def _data(config: PipelineConfig) -> dict[str, DataSource]:

@@ -31,6 +31,9 @@ class ModelSection:
     dynamic: tuple[str, ...] = ()
     #: labelled `.npz` (one array per input + `labels`); the demo uses its own test split
     eval: str | None = None
+    #: hf: sources: the task (outputs) and a config class's fields (JSON text or a file)
+    task: str | None = None
+    config: str | None = None
 
 
 @dataclass(frozen=True)

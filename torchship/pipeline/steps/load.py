@@ -86,6 +86,9 @@ class LoadStep(Step):
     roles: tuple[str, ...] = (REFERENCE, FP32)
     data: Mapping[str, DataSource] = field(default_factory=dict)
     baseline: BaselineRef | None = None
+    #: hf: sources only (torchship.hf_source)
+    task: str | None = None
+    config: str | None = None
 
     def provides(self) -> tuple[str, ...]:
         return (EAGER, *self.roles, *self.data)
@@ -95,7 +98,13 @@ class LoadStep(Step):
         baseline = None
         if self.baseline is not None:
             baseline = load_baseline(self.baseline.name, root=self.baseline.root)
-        model = load_model(self.source, inputs=list(self.inputs) or None, weights=self.weights)
+        model = load_model(
+            self.source,
+            inputs=list(self.inputs) or None,
+            weights=self.weights,
+            task=self.task,
+            config=self.config,
+        )
         return StepResult(
             artifacts={EAGER: model.eager()},
             models=dict.fromkeys(self.roles, model),
