@@ -144,15 +144,15 @@ def nothing_quantized(counts: OpCounts, result: FallbackResult | None) -> str | 
     """Why an INT8 result holds no INT8 (a failure, not a pass), with what to try; else None."""
     if result is not None and result.all_fp32:
         return (
-            f"the accuracy fallback kept all {result.candidates} quantizable nodes in FP32 "
-            f"({result.stopped}): the artifact is an FP32 model; try a metric that fits the "
-            "output (--metric), real --eval data, a looser budget, or --method entropy/percentile"
+            f"the accuracy fallback kept all {result.candidates} quantizable nodes in FP32: the "
+            f"artifact is an FP32 model ({result.stopped}); try a metric that fits the output "
+            "(--metric), real --eval data, a looser budget, or --method entropy/percentile"
         )
     if counts.integer == 0:
         return (
-            f"no integer kernels after ORT optimization ({counts.float_compute} float compute "
-            f"ops, {counts.qdq} Q/DQ left): the INT8 file computes in float; try --mode static "
-            "with --calib data (convolutions), --mode dynamic (MatMul/Gemm models), or a "
+            f"no integer kernels after ORT optimization: the INT8 file computes in float "
+            f"({counts.float_compute} float compute ops, {counts.qdq} Q/DQ left); try --mode "
+            "static with --calib data (convolutions), --mode dynamic (MatMul/Gemm models), or a "
             "--target preset for this CPU"
         )
     return None

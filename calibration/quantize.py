@@ -313,9 +313,15 @@ class _Run:
         self.candidates = [
             c for c in ort_quantize.weight_op_nodes(pre) if c[1] in ("MatMul", "Gemm")
         ]
-        return lambda excluded: self._candidate(
-            excluded, lambda path, ex: ort_quantize.quantize_dynamic_int8(pre, path, exclude=ex)
-        )
+        gemms = {name for name, op in self.candidates if op == "Gemm"}
+
+        def build(path: Path, excluded: tuple) -> None:
+            # ORT's dynamic pass turns a Gemm into <name>_MatMul + <name>_Add before it checks
+            # the exclusions: a Gemm is kept in FP32 only under that name.
+            names = [*excluded, *(f"{n}_MatMul" for n in excluded if n in gemms)]
+            ort_quantize.quantize_dynamic_int8(pre, path, exclude=names)
+
+        return lambda excluded: self._candidate(excluded, build)
 
     def _fp16(self) -> Callable[[tuple[str, ...]], Path]:
         self.report.update(mode="fp16", preset=None, method=None)

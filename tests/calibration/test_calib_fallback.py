@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import math
 
+import onnx
+
 from torchship.calibration import QuantizeOptions, quantize
 from torchship.calibration.accuracy import Accuracy
 from torchship.calibration.metrics import Budget, Metric
@@ -141,3 +143,18 @@ def test_fallback_time_limit_from_the_cli(tmp_path, sensitive_case, capsys):
     printed = capsys.readouterr().out
     assert "raise --max-fallback-time" in printed
     assert "the accuracy fallback kept all 3 quantizable nodes in FP32" in printed
+
+
+def test_dynamic_int8_ranks_the_sensitive_layer_first_by_its_own_error(tmp_path, sensitive_case):
+    artifact, _, evaluation = sensitive_case
+    result = quantize(
+        artifact, tmp_path / "dyn", eval_data=evaluation,
+        options=QuantizeOptions(mode="dynamic", max_drop=0.0, bench=False, threads=2),
+    )  # fmt: skip
+    ranking = result.report["fallback"]["sensitivity"]
+    assert set(ranking) == {"/first/Gemm", "/sensitive/Gemm", "/head/Gemm"}
+    assert max(ranking, key=ranking.get) == "/sensitive/Gemm"
+    # ORT's dynamic pass renames a Gemm to <name>_MatMul before its exclusion check
+    assert "/sensitive/Gemm" in result.report["fallback"]["excluded_nodes"]
+    graph = onnx.load(str(result.artifact.path)).graph
+    assert "/sensitive/Gemm_MatMul" in {n.name for n in graph.node if n.op_type == "MatMul"}

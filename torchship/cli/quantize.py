@@ -151,7 +151,7 @@ def _print_summary(console: Console, result: QuantizeResult) -> None:
     failures = report.get("failures") or []
     kept = "" if result.passed else " (artifact kept, marked)"
     if failures:
-        kept = f": {failures[0].split(':')[0]}{kept}"
+        kept = f": {failures[0].split(': ', 1)[0]}{kept}"
     console.print(Text.assemble("result: ", verdict, f"{kept}; manifest: {result.manifest_path}"))
 
 
