@@ -33,11 +33,12 @@ from torchship.calibration.inspect_int8 import count_ops
 from torchship.calibration.metrics import recorded_task
 from torchship.calibration.presets import get_preset
 from torchship.calibration.proof import bench_vs_fp32, parity_vs_fp32
+from torchship.calibration.random_inputs import bounded_specs
 from torchship.data import DataSet, open_data
 from torchship.errors import ConfigError
 from torchship.files import atomic_write_json
 from torchship.runtimes.base import get_runner
-from torchship.specs import random_feeds
+from torchship.specs import InputSpec, random_feeds
 
 __all__ = ["Mode", "QuantizeOptions", "QuantizeResult", "quantize", "open_source"]
 
@@ -356,12 +357,13 @@ class _Run:
             self.warn("no --eval data: accuracy is measured against FP32 on the calibration data")
             return self.calib
         self.report["eval_source"] = "random"
+        specs = bounded_specs(self.source.inputs, self.source.path)
         self.warn(
             "no --eval or --calib data: accuracy is measured against FP32 on 64 random inputs, "
             "a last resort that says little about real data; pass --eval DATA"
-            + _unbounded_ids(self.source)
+            + _unbounded_ids(specs)
         )
-        specs = [s.with_batch(64) for s in self.source.inputs]
+        specs = [s.with_batch(64) for s in specs]
         return open_data(random_feeds(specs, seed=self.opts.seed), inputs=self.source.inputs)
 
     def _check_accuracy(self, make, *, allow_fallback: bool) -> FallbackResult:
@@ -425,12 +427,10 @@ class _Run:
                 )
 
 
-def _unbounded_ids(source: Artifact) -> str:
+def _unbounded_ids(specs: Sequence[InputSpec]) -> str:
     """A note when random integer inputs have no value range (token ids then are only 0/1)."""
     names = [
-        s.name
-        for s in source.inputs
-        if np.issubdtype(s.np_dtype, np.integer) and s.value_range is None
+        s.name for s in specs if np.issubdtype(s.np_dtype, np.integer) and s.value_range is None
     ]
     if not names:
         return ""

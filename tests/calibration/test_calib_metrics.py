@@ -4,6 +4,7 @@ hidden states -> cosine, one value per sample -> SQNR; `--metric` overrides it."
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from torchship.calibration.metrics import (
     output_facts,
     recorded_task,
 )
+from torchship.calibration.random_inputs import bounded_specs, vocabulary_bounds
 from torchship.cli.main import main
 from torchship.errors import ConfigError
 from torchship.loaded import LoadedModel
@@ -183,3 +185,11 @@ def test_metric_flag_overrides_the_choice_and_says_which_limit_applies(
     assert "--max-drop not used: the metric is sqnr" in printed
     assert main([*args, "--metric", "top1", "-o", str(tmp_path / "top1")]) == 2
     assert "--metric top1 needs labels" in capsys.readouterr().err
+
+
+def test_random_token_ids_stay_within_the_embedding_table(token_models):
+    path = token_models["embedding"].path
+    assert vocabulary_bounds(path) == {"input_ids": VOCAB}  # the mask indexes nothing
+    bare = [replace(s, value_range=None) for s in _token_inputs()]
+    ids, mask = bounded_specs(bare, path)
+    assert ids.value_range == (0, VOCAB) and mask.value_range is None
