@@ -10,9 +10,9 @@ every node, where a build per node did not scale (docs/design.md, "The accuracy 
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +28,9 @@ __all__ = ["node_sensitivity", "FallbackResult", "Trial", "fallback_loop"]
 
 log = logging.getLogger(__name__)
 
-#: Eval batches the ranking pass runs (enough for a stable NSR, cheap on large models).
-_RANKING_BATCHES = 2
+#: Eval samples the ranking pass runs: enough for a stable NSR, cheap on large models (the
+#: float reference ops run in numpy: 64 MiniLM samples took 65 s there, 16 take a few).
+_RANKING_SAMPLES = 16
 #: Models above this size are saved with external data (protobuf's 2 GB limit).
 _EXTERNAL_DATA_BYTES = 1 << 30
 
@@ -51,7 +52,7 @@ def node_sensitivity(
     plans = _plans(by_name.values(), onnx.load(str(quantized), load_external_data=False).graph,
                    weights)  # fmt: skip
     tensors = sorted({t for ins, out in plans.values() for t in (*ins, out) if t})
-    batches = list(itertools.islice(data.batches(short=ShortBatch.PAD), _RANKING_BATCHES))
+    batches = _first_samples(data, _RANKING_SAMPLES)
     int8 = _run(_exposed(quantized, tensors, scratch / "sensitivity-int8.onnx"), data, batches,
                 threads)  # fmt: skip
     local = _LocalError(weights)
@@ -111,7 +112,7 @@ class _LocalError:
 
     def weight(self, name: str) -> np.ndarray:
         if name not in self.arrays:
-            self.arrays[name] = numpy_helper.to_array(self.weights[name]).astype(np.float64)
+            self.arrays[name] = numpy_helper.to_array(self.weights[name]).astype(np.float32)
         return self.arrays[name]
 
     def add(self, node, plan, values: dict[str, np.ndarray]) -> None:
@@ -126,7 +127,7 @@ class _LocalError:
             self.unknown.add(node.name)
             return
         expected = _float_op(
-            node, [None if x is None else np.asarray(x, np.float64) for x in inputs]
+            node, [None if x is None else np.asarray(x, np.float32) for x in inputs]
         )
         if expected is None or expected.shape != got.shape:
             self.unknown.add(node.name)
@@ -213,6 +214,22 @@ def _exposed(model: Path, tensors: Sequence[str], target: Path) -> Path:
     large = proto.ByteSize() > _EXTERNAL_DATA_BYTES
     onnx.save(proto, str(target), save_as_external_data=large, location=f"{target.name}.data")
     return target
+
+
+def _first_samples(data: DataSet, count: int) -> list:
+    """Batches holding the first `count` samples (a dynamic batch is cut to fit)."""
+    batches, taken = [], 0
+    for batch in data.batches(short=ShortBatch.PAD):
+        if taken >= count:
+            break
+        if not data.fixed_batch and batch.size > count - taken:
+            keep = count - taken
+            batch = replace(
+                batch, feeds={k: v[:keep] if v.ndim else v for k, v in batch.feeds.items()}
+            )
+        batches.append(batch)
+        taken += batch.size
+    return batches
 
 
 def _run(path: Path, data: DataSet, batches, threads: int | None) -> list[dict]:
