@@ -1,26 +1,32 @@
 """Accuracy of a quantized model against its FP32 source on eval data.
 
-With labels: top-1/top-5 of both and the top-1 drop in percentage points. Without labels:
-agreement with FP32 (top-1 match rate, mean cosine similarity); the "drop" is then the share of
-samples whose top-1 changed, in points.
+Every measure is computed for every output; the budget applies to the one that fits it
+(`calibration/metrics.py`): top-1 against labels and its drop in percentage points, agreement
+with FP32 (the share of samples whose top-1 changed is the "drop", in points), mean/min cosine
+similarity, SQNR in dB and relative error.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from torchship.artifact import Artifact, Format
+from torchship.calibration.metrics import (
+    BUDGET_TOLERANCE,
+    Metric,
+    relative_error,
+    sqnr_db,
+    vector_cosines,
+)
 from torchship.data import DataSet
 from torchship.errors import CalibrationError
 from torchship.runtimes.evaluate import EvalOutputs, evaluate
 
-__all__ = ["Accuracy", "run_eval", "compare_accuracy", "near_chance_warning"]
+__all__ = ["Accuracy", "run_eval", "compare_accuracy", "near_chance_warning", "within_budget"]
 
-#: Slack when comparing a drop with its budget: 4 of 400 samples is a 1.0-point drop, exactly.
-BUDGET_TOLERANCE = 1e-9
 #: FP32 top-1 within this many points of chance (1 / classes) is worth a warning.
 _CHANCE_MARGIN = 0.05
 
@@ -31,7 +37,9 @@ def within_budget(drop: float, max_drop: float) -> bool:
 
 @dataclass(frozen=True)
 class Accuracy:
-    """How a candidate compares with FP32; `drop` is in percentage points."""
+    """How a candidate compares with FP32; `drop` is in percentage points (top-1 against the
+    labels with labels, else the share of samples whose top-1 changed). `metric` names the
+    measure the budget reads (`value`); the others are reported beside it."""
 
     mode: str  # "labels" or "agreement"
     samples: int
@@ -42,20 +50,72 @@ class Accuracy:
     top1: float | None = None
     fp32_top5: float | None = None
     top5: float | None = None
+    metric: str = ""  # default: "top1" with labels, else "agreement"
+    min_cosine: float | None = None
+    sqnr_db: float | None = None
+    relerr: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.metric:
+            object.__setattr__(self, "metric", "top1" if self.mode == "labels" else "agreement")
+
+    @property
+    def value(self) -> float:
+        """The metric itself: top-1 or agreement (fractions), mean cosine, dB, relative error."""
+        return {
+            "top1": self.top1,
+            "agreement": self.agreement,
+            "cosine": self.cosine,
+            "sqnr": self.sqnr_db,
+            "relerr": self.relerr,
+        }[self.metric]
+
+    @property
+    def budget_value(self) -> float:
+        """What the budget limits: drop points for top1/agreement, else `value`."""
+        if self.metric == "top1":
+            return self.drop
+        if self.metric == "agreement":
+            return 100.0 * (1.0 - self.agreement)
+        return self.value
+
+    @property
+    def loss(self) -> float:
+        """Lower is better, >= 0: points (top1, agreement), 1 - mean cosine, the noise-to-signal
+        power ratio (sqnr) or the relative error; compares candidates under one metric."""
+        if self.metric == "cosine":
+            return max(0.0, 1.0 - self.cosine)
+        if self.metric == "sqnr":
+            return float(10.0 ** (-self.sqnr_db / 10.0))
+        return max(0.0, self.budget_value)
+
+    def with_metric(self, metric: Metric | str) -> Accuracy:
+        return replace(self, metric=Metric(metric).value)
 
     def to_dict(self) -> dict:
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        out = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        out["value"] = round(self.value, 6)
+        out["loss"] = round(self.loss, 8)
+        return out
 
     def summary(self) -> str:
-        if self.mode == "labels":
+        n = f"{self.samples} samples"
+        if self.metric == "top1":
             return (
                 f"top-1 {100 * self.top1:.2f}% vs FP32 {100 * self.fp32_top1:.2f}% "
-                f"(drop {self.drop:.2f} points, {self.samples} samples)"
+                f"(drop {self.drop:.2f} points, {n})"
             )
-        return (
-            f"top-1 agreement with FP32 {100 * self.agreement:.2f}%, cosine {self.cosine:.5f} "
-            f"(drop {self.drop:.2f} points, {self.samples} samples)"
-        )
+        if self.metric == "agreement":
+            return (
+                f"top-1 agreement with FP32 {100 * self.agreement:.2f}% (drop "
+                f"{self.budget_value:.2f} points), cosine {self.cosine:.5f}, {n}"
+            )
+        if self.metric == "cosine":
+            return (
+                f"cosine with FP32 mean {self.cosine:.5f}, min {self.min_cosine:.5f}, "
+                f"SQNR {self.sqnr_db:.1f} dB, {n}"
+            )
+        return f"SQNR {self.sqnr_db:.1f} dB, relative error {self.relerr:.4g}, {n}"
 
 
 def run_eval(model_path: Path, data: DataSet, *, threads: int | None = None) -> EvalOutputs:
@@ -64,20 +124,31 @@ def run_eval(model_path: Path, data: DataSet, *, threads: int | None = None) -> 
     return evaluate(artifact, data, runtime="ort-cpu", threads=threads)
 
 
-def compare_accuracy(candidate: EvalOutputs, reference: EvalOutputs) -> Accuracy:
-    """Accuracy of `candidate` relative to the FP32 `reference` on the same eval set.
+def compare_accuracy(
+    candidate: EvalOutputs, reference: EvalOutputs, *, metric: Metric | str | None = None
+) -> Accuracy:
+    """Accuracy of `candidate` relative to the FP32 `reference` on the same eval set, read
+    through `metric` (default: top1 with labels, else agreement).
 
     Drops come from integer sample counts, so 4 misses in 400 samples is exactly 1.0 point.
     """
     _check_same_data(candidate, reference)
     a, b = candidate.logits, reference.logits
     n = len(a)
-    agree = int(np.count_nonzero(a.argmax(axis=1) == b.argmax(axis=1)))
+    shape = reference.sample_shape or tuple(b.shape[1:])
+    agree = _agreeing_samples(a, b, shape)
     agreement = agree / n
-    cosine = _mean_cosine(a, b)
+    cosines = vector_cosines(a, b, shape)
+    measures = {
+        "cosine": float(np.mean(cosines)),
+        "min_cosine": float(np.min(cosines)),
+        "sqnr_db": sqnr_db(a, b),
+        "relerr": relative_error(a, b),
+        "metric": Metric(metric).value if metric else "",
+    }
     labels = reference.labels
     if labels is None:
-        return Accuracy("agreement", n, 100.0 * (n - agree) / n, agreement, cosine)
+        return Accuracy("agreement", n, 100.0 * (n - agree) / n, agreement, **measures)
     if labels.shape[0] != a.shape[0]:
         raise CalibrationError(
             f"eval data: {labels.shape[0]} labels for {a.shape[0]} samples; they must match"
@@ -87,8 +158,18 @@ def compare_accuracy(candidate: EvalOutputs, reference: EvalOutputs) -> Accuracy
     ref5 = _topk_hits(b, labels, 5) / n if a.shape[1] > 5 else None
     drop = 100.0 * (ref_hits1 - hits1) / n
     return Accuracy(
-        "labels", n, drop, agreement, cosine, ref_hits1 / n, hits1 / n, ref5, top5
+        "labels", n, drop, agreement, fp32_top1=ref_hits1 / n, top1=hits1 / n, fp32_top5=ref5,
+        top5=top5, **measures,
     )  # fmt: skip
+
+
+def _agreeing_samples(a: np.ndarray, b: np.ndarray, shape: tuple[int, ...]) -> int:
+    """Samples whose arg-max matches; for 3-D outputs ([samples, tokens, classes]) a sample
+    agrees when every position's arg-max does."""
+    if len(shape) == 2:
+        same = a.reshape(len(a), *shape).argmax(axis=2) == b.reshape(len(b), *shape).argmax(axis=2)
+        return int(np.count_nonzero(same.all(axis=1)))
+    return int(np.count_nonzero(a.argmax(axis=1) == b.argmax(axis=1)))
 
 
 def near_chance_warning(reference: EvalOutputs) -> str | None:
@@ -119,10 +200,3 @@ def _check_same_data(candidate: EvalOutputs, reference: EvalOutputs) -> None:
 def _topk_hits(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
     top = np.argpartition(-logits, kth=min(k, logits.shape[1]) - 1, axis=1)[:, :k]
     return int(np.count_nonzero((top == labels[:, None]).any(axis=1)))
-
-
-def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    num = np.sum(a.astype(np.float64) * b, axis=1)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    cos = np.where(den > 0, num / np.maximum(den, 1e-30), 1.0)
-    return float(np.mean(cos))

@@ -20,22 +20,25 @@ import numpy as np
 
 from torchship.artifact import Artifact, Format, Precision
 from torchship.calibration import ort_quantize
-from torchship.calibration.accuracy import (
-    Accuracy,
-    compare_accuracy,
-    near_chance_warning,
-    run_eval,
+from torchship.calibration.accuracy import near_chance_warning
+from torchship.calibration.budget import (
+    BudgetOptions,
+    BudgetOutcome,
+    check_budget,
+    nothing_quantized,
 )
 from torchship.calibration.calibrators import METHODS, compute_ranges, write_trt_table
+from torchship.calibration.fallback import DEFAULT_MAX_FALLBACK_TIME_S, FallbackResult
 from torchship.calibration.inspect_int8 import count_ops
+from torchship.calibration.metrics import recorded_task
 from torchship.calibration.presets import get_preset
 from torchship.calibration.proof import bench_vs_fp32, parity_vs_fp32
-from torchship.calibration.sensitivity import FallbackResult, fallback_loop
+from torchship.calibration.random_inputs import bounded_specs
 from torchship.data import DataSet, open_data
 from torchship.errors import ConfigError
 from torchship.files import atomic_write_json
 from torchship.runtimes.base import get_runner
-from torchship.specs import random_feeds
+from torchship.specs import InputSpec, random_feeds
 
 __all__ = ["Mode", "QuantizeOptions", "QuantizeResult", "quantize", "open_source"]
 
@@ -58,7 +61,12 @@ class QuantizeOptions:
     method: str | None = None  # minmax | entropy | percentile (default: minmax)
     mode: Mode | None = None  # default: static
     precision: Precision | None = None  # int8 | fp16 (default: int8)
-    max_drop: float | None = None  # percentage points (default: 1.0)
+    max_drop: float | None = None  # top1/agreement budget, percentage points (default: 1.0)
+    metric: str | None = None  # auto | top1 | agreement | cosine | sqnr | relerr (default: auto)
+    min_cosine: float | None = None  # cosine budget: mean cosine (default: 0.99)
+    min_sqnr: float | None = None  # sqnr budget, dB (default: 20)
+    max_relerr: float | None = None  # relerr budget (default: 0.1)
+    max_fallback_time_s: float | None = DEFAULT_MAX_FALLBACK_TIME_S  # None: no limit
     samples: int | None = None  # calibration samples (default: all)
     seed: int = 0
     max_excluded: int | None = None  # fallback cap (default: no cap)
@@ -78,14 +86,20 @@ class QuantizeOptions:
                     raise ConfigError(f"--{name} {value!r}: valid: {valid}") from None
         if self.precision not in (None, Precision.INT8, Precision.FP16):
             raise ConfigError(f"--precision {self.precision.value!r}: valid: int8, fp16")
-        if self.max_drop is not None and not 0 <= self.max_drop <= 100:
-            raise ConfigError(f"--max-drop {self.max_drop}: must be 0..100 percentage points")
+        self.budget_options()  # ConfigError for a bad metric or limit
         if self.method is not None:
             METHODS.get(self.method)
         if self.max_excluded is not None and self.max_excluded < 0:
             raise ConfigError(f"--max-fp32-nodes {self.max_excluded}: must be >= 0")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads {self.threads}: must be >= 1")
+
+    def budget_options(self) -> BudgetOptions:
+        return BudgetOptions(
+            metric=self.metric, max_drop=self.max_drop, min_cosine=self.min_cosine,
+            min_sqnr=self.min_sqnr, max_relerr=self.max_relerr, max_excluded=self.max_excluded,
+            max_time_s=self.max_fallback_time_s, threads=self.threads,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -237,7 +251,13 @@ class _Run:
             details=details,
         )
         self._prove(artifact, precision)
-        self.report["passed"] = fallback.passed and self.report["parity"]["passed"]
+        failures = self.report["failures"] = []
+        empty = nothing_quantized(self.counts, fallback)
+        if precision is Precision.INT8 and empty:
+            failures.append(empty)
+            self.warn(empty)
+        passed = fallback.passed and self.report["parity"]["passed"] and not failures
+        self.report["passed"] = passed
         self.report["warnings"] = self.warnings
         return artifact, self.report
 
@@ -254,7 +274,7 @@ class _Run:
         opts = self.opts
         preset = get_preset(opts.target)
         method = opts.method or "minmax"
-        pre = self.tmp / "preprocessed.onnx"
+        pre = self.pre = self.tmp / "preprocessed.onnx"
         self.report["preprocessing"] = ort_quantize.preprocess(self.source.path, pre)
         self.calib = self._calib_data(required=True)
         ranges = compute_ranges(
@@ -282,7 +302,7 @@ class _Run:
         return lambda excluded: self._candidate(excluded, build)
 
     def _dynamic(self) -> Callable[[tuple[str, ...]], Path]:
-        pre = self.tmp / "preprocessed.onnx"
+        pre = self.pre = self.tmp / "preprocessed.onnx"
         self.report["preprocessing"] = ort_quantize.preprocess(self.source.path, pre)
         self.report.update(mode="dynamic", preset=None, method=None)
         self.calib = self._calib_data(required=False)  # only an eval fallback: no ranges needed
@@ -294,13 +314,20 @@ class _Run:
         self.candidates = [
             c for c in ort_quantize.weight_op_nodes(pre) if c[1] in ("MatMul", "Gemm")
         ]
-        return lambda excluded: self._candidate(
-            excluded, lambda path, ex: ort_quantize.quantize_dynamic_int8(pre, path, exclude=ex)
-        )
+        gemms = {name for name, op in self.candidates if op == "Gemm"}
+
+        def build(path: Path, excluded: tuple) -> None:
+            # ORT's dynamic pass turns a Gemm into <name>_MatMul + <name>_Add before it checks
+            # the exclusions: a Gemm is kept in FP32 only under that name.
+            names = [*excluded, *(f"{n}_MatMul" for n in excluded if n in gemms)]
+            ort_quantize.quantize_dynamic_int8(pre, path, exclude=names)
+
+        return lambda excluded: self._candidate(excluded, build)
 
     def _fp16(self) -> Callable[[tuple[str, ...]], Path]:
         self.report.update(mode="fp16", preset=None, method=None)
         self.calib, self.candidates = self._calib_data(required=False), []
+        self.pre = self.source.path
         self.warn(
             "FP16 is meant for GPU runtimes (ort-cuda, ort-trt, tensorrt); on CPU it runs slower "
             "than FP32"
@@ -321,42 +348,59 @@ class _Run:
         )
 
     def _eval_data(self) -> DataSet:
+        """--eval, else the calibration data, else (a last resort, said so) random inputs."""
         if self.eval_arg is not None:
+            self.report["eval_source"] = "eval"
             return _as_dataset(self.eval_arg, self.source, samples=None, seed=self.opts.seed)
         if self.calib is not None:
-            self.warn("no --eval data: accuracy is agreement with FP32 on the calibration data")
+            self.report["eval_source"] = "calibration"
+            self.warn("no --eval data: accuracy is measured against FP32 on the calibration data")
             return self.calib
-        self.warn("no --eval data: accuracy is agreement with FP32 on 64 random inputs")
-        specs = [s.with_batch(64) for s in self.source.inputs]
+        self.report["eval_source"] = "random"
+        specs = bounded_specs(self.source.inputs, self.source.path)
+        self.warn(
+            "no --eval or --calib data: accuracy is measured against FP32 on 64 random inputs, "
+            "a last resort that says little about real data; pass --eval DATA"
+            + _unbounded_ids(specs)
+        )
+        specs = [s.with_batch(64) for s in specs]
         return open_data(random_feeds(specs, seed=self.opts.seed), inputs=self.source.inputs)
 
     def _check_accuracy(self, make, *, allow_fallback: bool) -> FallbackResult:
-        data = self._eval_data()
-        reference = run_eval(self.source.path, data, threads=self.opts.threads)
-        self.eval_data = data
-        chance = near_chance_warning(reference)
+        data = self.eval_data = self._eval_data()
+        options = self.opts.budget_options()
+        outcome = check_budget(
+            self.source.path, make, self.candidates if allow_fallback else [], data,
+            options=options, ranking_model=self.pre, scratch=self.tmp,
+            task=recorded_task(self.source.path, self.source.details),
+        )  # fmt: skip
+        chance = near_chance_warning(outcome.reference)
         if chance:
             self.warn(chance)
-
-        def evaluate(excluded: tuple[str, ...]) -> Accuracy:
-            outputs = run_eval(make(excluded), data, threads=self.opts.threads)
-            return compare_accuracy(outputs, reference)
-
-        max_drop = 1.0 if self.opts.max_drop is None else self.opts.max_drop
-        result = fallback_loop(
-            self.candidates if allow_fallback else [],
-            evaluate,
-            max_drop=max_drop,
-            max_excluded=self.opts.max_excluded,
-        )
-        self.report["accuracy"] = {**result.accuracy.to_dict(), "max_drop": max_drop}
-        self.report["eval"] = data.describe()
+        self._report_accuracy(outcome, options)
         if data.padded:
             log.info("eval: %d padding rows filled the fixed batch (not scored)", data.padded)
+        return outcome.result
+
+    def _report_accuracy(self, outcome: BudgetOutcome, options: BudgetOptions) -> None:
+        result, budget = outcome.result, outcome.budget
+        max_drop = 1.0 if self.opts.max_drop is None else self.opts.max_drop
+        self.report["accuracy"] = {**outcome.report(), "max_drop": max_drop}
+        self.report["eval"] = self.eval_data.describe()
         self.report["fallback"] = result.to_dict()
+        unused = options.unused_limits(budget.metric)
+        if unused:
+            self.warn(
+                f"{', '.join(unused)} not used: the metric is {budget.metric.value} "
+                f"({outcome.choice.reason}), budget {budget.describe()}; --metric chooses another"
+            )
+        if result.stopped.startswith("stopped at the --max-fallback-time"):
+            self.warn(f"accuracy fallback {result.stopped}; raise --max-fallback-time to go on")
         if not result.passed:
-            self.warn(f"accuracy budget missed: {result.accuracy.summary()}, max {max_drop} points")
-        return result
+            self.warn(
+                f"accuracy budget missed: {result.accuracy.summary()}; budget: "
+                f"{budget.describe()}; fallback: {result.stopped} ({len(result.trials)} tried)"
+            )
 
     def _details(self, fallback: FallbackResult) -> dict:
         keys = ("mode", "preset", "method", "preprocessing")
@@ -366,11 +410,9 @@ class _Run:
         return details
 
     def _prove(self, artifact: Artifact, precision: Precision) -> None:
-        counts = count_ops(artifact.path)
+        counts = self.counts = count_ops(artifact.path)
         self.report["op_counts"] = counts.to_dict()
         artifact.details["op_counts"] = counts.to_dict()
-        if precision is Precision.INT8 and counts.integer == 0:
-            self.warn(f"{artifact.path.name}: no integer kernels after ORT optimization")
         self.report["parity"] = parity_vs_fp32(self.source, artifact, self.eval_data)
         if not self.report["parity"]["passed"]:
             self.warn(_parity_failure(self.report["parity"]))
@@ -383,6 +425,19 @@ class _Run:
                     f"(p50 {timing['p50_ms']:.3f} ms vs {timing['fp32_p50_ms']:.3f} ms, "
                     f"batch {timing['batch']})" + _cpu_timing_note(self.report)
                 )
+
+
+def _unbounded_ids(specs: Sequence[InputSpec]) -> str:
+    """A note when random integer inputs have no value range (token ids then are only 0/1)."""
+    names = [
+        s.name for s in specs if np.issubdtype(s.np_dtype, np.integer) and s.value_range is None
+    ]
+    if not names:
+        return ""
+    return (
+        f" (integer inputs {', '.join(names)} have no value range: they are drawn from 0..1; "
+        "export with --input NAME:SHAPE:int64:LO..HI to bound them by the vocabulary)"
+    )
 
 
 def _parity_failure(parity: dict) -> str:

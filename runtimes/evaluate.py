@@ -42,6 +42,8 @@ class EvalOutputs:
     labels: np.ndarray | None
     sha256: str = ""
     source: str = ""
+    #: The output's shape per sample before it was flattened into rows (e.g. (tokens, hidden)).
+    sample_shape: tuple[int, ...] = ()
 
     def top1(self) -> float | None:
         """Fraction of samples whose arg-max is their label; None without labels."""
@@ -66,11 +68,11 @@ def evaluate(
     the model.
     """
     dataset = _dataset(data, artifact, batch_size)
-    rows, labels = [], []
+    rows, labels, shape = [], [], ()
     runner_cls = get_runner(runtime or default_runtime_for(artifact.format))
     with runner_cls(artifact, threads=threads) as runner:
         for batch in dataset.batches(short=ShortBatch.PAD):
-            output = _first_output(runner, batch)
+            output, shape = _first_output(runner, batch)
             rows.append(output[: batch.samples])
             if batch.labels is not None:
                 classes = output.shape[1]
@@ -79,7 +81,7 @@ def evaluate(
         raise CalibrationError(f"{dataset.name}: only some files carry {LABELS_KEY!r}")
     logits = np.concatenate(rows).astype(np.float32, copy=False)
     return EvalOutputs(
-        logits, np.concatenate(labels) if labels else None, dataset.sha256, dataset.name
+        logits, np.concatenate(labels) if labels else None, dataset.sha256, dataset.name, shape
     )
 
 
@@ -99,7 +101,7 @@ def _dataset(data: DataLike, artifact: Artifact, batch_size: int | None) -> Data
     return open_data(data, inputs=artifact.inputs, batch_size=batch_size)
 
 
-def _first_output(runner: Runner, batch: Batch) -> np.ndarray:
+def _first_output(runner: Runner, batch: Batch) -> tuple[np.ndarray, tuple[int, ...]]:
     try:
         outputs = runner.infer(batch.feeds)
     except (ConfigError, ModelLoadError) as exc:
@@ -114,4 +116,5 @@ def _first_output(runner: Runner, batch: Batch) -> np.ndarray:
             f"{batch.origin}: {runner.artifact.path.name} returned an empty output "
             f"{list(output.shape)}; accuracy needs values"
         )
-    return output if output.ndim == 2 else output.reshape(output.shape[0], -1)
+    rows = output if output.ndim == 2 else output.reshape(output.shape[0], -1)
+    return rows, tuple(output.shape[1:])

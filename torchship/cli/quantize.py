@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.text import Text
 
 from torchship.calibration import METHODS, PRESETS, QuantizeOptions, QuantizeResult, quantize
+from torchship.calibration.fallback import DEFAULT_MAX_FALLBACK_TIME_S
+from torchship.calibration.metrics import Metric
 from torchship.cli.flags import dump_json, progress
 from torchship.cli.quantize_pt2e import add_pt2e_flags, quantize_pt2e_command
 from torchship.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError
@@ -43,13 +45,21 @@ def register_quantize(commands) -> None:
     p.add_argument(
         "--max-drop",
         type=float,
-        default=1.0,
+        default=None,
         metavar="PCT",
-        help="allowed top-1 drop in percentage points (default 1.0)",
+        help="top1/agreement budget: allowed drop in percentage points (default 1.0)",
     )
+    add_metric_flags(p)
     p.add_argument("--samples", type=int, default=None, help="calibration samples (seeded subset)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --samples subset")
     p.add_argument("--max-fp32-nodes", type=int, default=None, help="cap on fallback nodes")
+    p.add_argument(
+        "--max-fallback-time",
+        type=float,
+        default=DEFAULT_MAX_FALLBACK_TIME_S,
+        metavar="SECONDS",
+        help=f"time limit of the accuracy fallback (default {DEFAULT_MAX_FALLBACK_TIME_S:g})",
+    )
     p.add_argument("--no-bench", action="store_true", help="skip the FP32-vs-quantized timing")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads for eval/timing")
     p.add_argument("--json", metavar="OUT", help="write the report as JSON ('-': stdout)")
@@ -71,6 +81,11 @@ def _quantize(args: argparse.Namespace, *, console: Console, argv: Sequence[str]
         samples=args.samples,
         seed=args.seed,
         max_excluded=args.max_fp32_nodes,
+        metric=args.metric,
+        min_cosine=args.min_cosine,
+        min_sqnr=args.min_sqnr,
+        max_relerr=args.max_relerr,
+        max_fallback_time_s=args.max_fallback_time,
         bench=not args.no_bench,
         threads=args.threads,
     )
@@ -113,13 +128,13 @@ def _print_summary(console: Console, result: QuantizeResult) -> None:
         f"{result.artifact.path}  {report['mode']}"
         + (f"  preset {preset}, method {report['method']}" if preset else "")
     )
-    console.print(
-        f"accuracy: drop {accuracy['drop']:.2f} points (max {accuracy['max_drop']:g}), "
-        f"agreement {100 * accuracy['agreement']:.2f}%, {accuracy['samples']} samples"
-    )
-    excluded = report["fallback"]["excluded_nodes"]
+    console.print(accuracy_line(accuracy))
+    fallback = report["fallback"]
+    excluded = fallback["excluded_nodes"]
     if excluded:
-        console.print(f"kept in FP32: {', '.join(excluded)}")
+        console.print(f"kept in FP32: {len(excluded)} nodes: {', '.join(excluded)}")
+    if fallback["tried"] > 1:
+        console.print(f"fallback: {fallback['tried']} tried, {fallback['stopped']}")
     console.print(
         f"ops after ORT optimization: {counts['integer_ops']} integer, {counts['qdq_left']} Q/DQ "
         f"left, {counts['float_compute_ops']} float compute"
@@ -133,5 +148,44 @@ def _print_summary(console: Console, result: QuantizeResult) -> None:
     for warning in result.warnings:
         console.print(Text.assemble(("warning:", "bold yellow"), f" {warning}"))
     verdict = ("pass", "green") if result.passed else ("FAIL", "bold red")
+    failures = report.get("failures") or []
     kept = "" if result.passed else " (artifact kept, marked)"
+    if failures:
+        kept = f": {failures[0].split(': ', 1)[0]}{kept}"
     console.print(Text.assemble("result: ", verdict, f"{kept}; manifest: {result.manifest_path}"))
+
+
+def add_metric_flags(parser: argparse.ArgumentParser) -> None:
+    """The accuracy measure and the budget of each (docs/design.md, "Accuracy measures")."""
+    metrics = ", ".join(m.value for m in Metric)
+    parser.add_argument(
+        "--metric",
+        default=None,
+        help=f"accuracy measure: auto (from the output: logits, embedding, tensor), {metrics}",
+    )
+    parser.add_argument(
+        "--min-cosine", type=float, default=None, help="cosine budget: mean cosine (default 0.99)"
+    )
+    parser.add_argument(
+        "--min-sqnr", type=float, default=None, metavar="DB", help="sqnr budget (default 20 dB)"
+    )
+    parser.add_argument(
+        "--max-relerr", type=float, default=None, help="relerr budget (default 0.1)"
+    )
+
+
+def accuracy_line(accuracy: dict) -> str:
+    """One line: the metric, its value against the budget, the other measures beside it."""
+    metric, n = accuracy["metric"], f"{accuracy['samples']} samples"
+    verdict = "within" if accuracy["passed"] else "OUTSIDE"
+    if metric in ("top1", "agreement"):
+        drop = 100 * (1 - accuracy["agreement"]) if metric == "agreement" else accuracy["drop"]
+        head = f"accuracy ({metric}): drop {drop:.2f} points, {verdict} {accuracy['budget']:g}"
+        return f"{head}; agreement {100 * accuracy['agreement']:.2f}%, {n}"
+    value = accuracy["value"]
+    shown = f"{value:.1f} dB" if metric == "sqnr" else f"{value:.5f}"
+    head = f"accuracy ({metric}): {shown}, {verdict} budget {accuracy['budget']:g}"
+    return (
+        f"{head} ({accuracy['chosen_by']}); cosine mean {accuracy['cosine']:.5f} min "
+        f"{accuracy['min_cosine']:.5f}, SQNR {accuracy['sqnr_db']:.1f} dB, {n}"
+    )
