@@ -43,7 +43,7 @@ from torchship.loaded import LoadedModel
 from torchship.models import demo_dataset, load_demo, zoo_inputs
 from torchship.models.zoo import ZOO
 from torchship.runtimes import BenchConfig, bench_runner
-from torchship.tune import Builds, Candidate, Outcome, default_candidates, search
+from torchship.tune import Builds, Candidate, Outcome, default_candidates, rank, search
 
 THREADS = 2
 PRUNE_RATIO = 0.5
@@ -175,6 +175,7 @@ def run_case(name: str, root: Path, *, min_time: float, max_drop: float, threads
             if r.artifact is not None and r.candidate is not candidates[0]:
                 r.outcome = Outcome.FAILED
                 r.reason = f"pruning + distillation lost {loss:.2f} points > {max_drop:g}"
+        rank(report.results)  # the unpruned reference is then the only verified row
     rows = []
     base1 = None
     for r in report.results:
