@@ -21,13 +21,14 @@ import logging
 import math
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from torchship.artifact import Artifact, Format
+from torchship.calibration.isolate import LayerSpan, isolated_output_sqnr
 from torchship.calibration.node_profile import NodeTimes, profile_nodes
 from torchship.calibration.ort_quantize import quiet_ort
 from torchship.data import DataSet, ShortBatch, open_data
@@ -70,9 +71,14 @@ class LayerRow:
     qdq_us: float | None = None
     #: Other FP32 nodes whose outputs the quantized model does not hold, merged into this row.
     fused: tuple[str, ...] = ()
+    #: The model's output SQNR (dB) when only this row's nodes are quantized (`isolate`).
+    alone_sqnr_db: float | None = None
+    #: Graph positions of the row's nodes (the main one and `fused`).
+    members: tuple[int, ...] = ()
 
     def to_dict(self) -> dict:
         numbers = {
+            "alone_sqnr_db": self.alone_sqnr_db,
             "sqnr_db": self.sqnr_db,
             "cosine": self.cosine,
             "added_sqnr_db": self.added_sqnr_db,
@@ -89,7 +95,8 @@ class LayerRow:
 
 @dataclass(frozen=True)
 class LayerReport:
-    """Rows ranked worst first (lowest added SQNR; rows without one last, in graph order)."""
+    """Rows ranked worst first: by the output SQNR with only that layer quantized, then (rows
+    not isolated) by added SQNR; rows with neither last, in graph order."""
 
     fp32: str
     quantized: str
@@ -104,7 +111,7 @@ class LayerReport:
     SCHEMA = "torchship.layers/1"
 
     def ranked(self) -> list[LayerRow]:
-        return [r for r in self.rows if r.added_sqnr_db is not None]
+        return [r for r in self.rows if _rank_key(r) is not None]
 
     def to_dict(self) -> dict:
         return {
@@ -114,8 +121,9 @@ class LayerReport:
             "samples": self.samples,
             "data": self.data,
             "random_inputs": self.random_inputs,
-            "ranking": "added_sqnr_db ascending: the SQNR a node's output would have if the "
-            "noise it adds were the only noise",
+            "ranking": "alone_sqnr_db ascending (the model's output SQNR when only that layer "
+            "is quantized), then added_sqnr_db (the SQNR a node's output would have if the noise "
+            "it adds were the only noise)",
             "outputs": self.outputs,
             "layers": [r.to_dict() for r in self.rows],
             "latency_us": {
@@ -176,15 +184,18 @@ def layer_report(
     random_inputs: bool = False,
     profile: bool = True,
     threads: int | None = None,
+    isolate: bool = True,
+    isolate_budget_s: float = 60.0,
 ) -> LayerReport:
-    """Compare `quantized` with its FP32 source on `feeds` node by node; scratch files
-    (augmented models, profiler traces) go to `scratch` only."""
+    """Compare `quantized` with its FP32 source on `feeds` node by node; with `isolate`, also
+    quantize each layer alone (within `isolate_budget_s`). Scratch files (augmented models,
+    profiler traces) go to `scratch` only."""
     fp32_copy, quant_copy = _copy(fp32, scratch / "fp32.onnx"), _copy(quantized, scratch / "q.onnx")
     graph = onnx.load(str(fp32_copy), load_external_data=False).graph
     tensors = origins_by_tensor(graph)
     errors = _activation_errors(fp32_copy, quant_copy, feeds, scratch)
     errors = _drop_folded_qdq(errors, graph, onnx.load(str(quant_copy)).graph)
-    weights = _weight_errors(fp32_copy, quant_copy, graph)
+    weights, dequantized = _weight_errors(fp32_copy, quant_copy, graph)
     nodes = {o.node: o for o in tensors.values()}
     times = fp32_times = None
     if profile:
@@ -193,6 +204,8 @@ def layer_report(
         fp32_times = profile_nodes(fp32_copy, feeds[0], nodes=nodes, tensors=tensors,
                                    scratch=scratch, threads=threads)  # fmt: skip
     rows = _rows(graph, errors, weights, times, fp32_times)
+    if isolate:
+        rows = _isolate(rows, fp32_copy, quant_copy, dequantized, feeds, scratch, isolate_budget_s)
     outputs = {
         o.name: {"sqnr_db": _round(errors[o.name][0]), "cosine": _round(errors[o.name][1])}
         for o in graph.output
@@ -207,6 +220,19 @@ def layer_report(
         random_inputs=random_inputs, other_us=dict(times.other_us) if times else {},
         totals_us=totals,
     )  # fmt: skip
+
+
+def _isolate(rows, fp32: Path, quant: Path, weights, feeds, scratch: Path, budget_s: float):
+    """Rows with `alone_sqnr_db`: the worst-looking (lowest added SQNR) are isolated first, so
+    that a time budget cuts off the least suspicious."""
+    order = sorted((r for r in rows if r.sqnr_db is not None),
+                   key=lambda r: (r.added_sqnr_db is None, r.added_sqnr_db or 0.0))  # fmt: skip
+    spans = [LayerSpan(r.origin.node, r.members, r.tensor) for r in order]
+    alone = isolated_output_sqnr(
+        onnx.load(str(fp32)), onnx.load(str(quant)).graph, weights, spans, feeds,
+        scratch=scratch, budget_s=budget_s,
+    )  # fmt: skip
+    return [replace(r, alone_sqnr_db=_round(alone.get(r.origin.node))) for r in rows]
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -276,18 +302,26 @@ def _cosine(x: Sequence[np.ndarray], y: Sequence[np.ndarray]) -> float:
     return float(np.dot(left, right) / norms)
 
 
-def _weight_errors(fp32: Path, quantized: Path, graph: onnx.GraphProto) -> dict[str, float]:
-    """Weight SQNR (dB) by the FP32 node that reads the weight."""
+def _weight_errors(
+    fp32: Path, quantized: Path, graph: onnx.GraphProto
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Weight SQNR (dB) by the FP32 node that reads the weight, and the dequantized weights
+    by name (in the FP32 initializer's dtype)."""
     from onnxruntime.quantization.qdq_loss_debug import compute_weight_error, create_weight_matching
 
     with quiet_ort(), scratch_cwd("torchship-layers-"):
-        errors = compute_weight_error(create_weight_matching(str(fp32), str(quantized)))
+        matching = create_weight_matching(str(fp32), str(quantized))
+    errors = compute_weight_error(matching)
     by_node: dict[str, float] = {}
     for node in graph.node:
         found = [errors[i] for i in node.input if i in errors]
         if found:
             by_node[node.name] = min(found)
-    return by_node
+    dequantized = {
+        name: np.asarray(m["dequantized"]).astype(np.asarray(m["float"]).dtype)
+        for name, m in matching.items()
+    }
+    return by_node, dequantized
 
 
 _WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -324,11 +358,13 @@ def _rows(
                 _round(min((weights[n.name] for n in nodes if n.name in weights), default=None)),
                 fp32_us=_sum_time(fp32_times, nodes), quant_us=_sum_time(times, nodes),
                 qdq_us=_sum_qdq(times, nodes), fused=tuple(n.name for n in nodes if n is not main),
+                members=tuple(members),
             )
         )  # fmt: skip
     for index, node in enumerate(graph.node):  # the rest: time only
         if index not in covered:
             rows.append(LayerRow(node_origin(node, index), node.output[0] if node.output else "",
+                                 members=(index,),
                                  fp32_us=_sum_time(fp32_times, [node]),
                                  quant_us=_sum_time(times, [node])))  # fmt: skip
     return rows
@@ -399,9 +435,17 @@ def _round(value: float | None) -> float | None:
     return round(float(value), 4)
 
 
+def _rank_key(row: LayerRow) -> tuple[int, float] | None:
+    if row.alone_sqnr_db is not None:
+        return (0, row.alone_sqnr_db)
+    if row.added_sqnr_db is not None:
+        return (1, row.added_sqnr_db)
+    return None
+
+
 def _ranked(rows: list[LayerRow]) -> tuple[LayerRow, ...]:
-    scored = sorted((r for r in rows if r.added_sqnr_db is not None), key=lambda r: r.added_sqnr_db)
-    rest = [r for r in rows if r.added_sqnr_db is None]
+    scored = sorted((r for r in rows if _rank_key(r) is not None), key=_rank_key)
+    rest = [r for r in rows if _rank_key(r) is None]
     return (*scored, *rest)
 
 
@@ -413,6 +457,7 @@ def compare_files(
     samples: int | None = None,
     seed: int = 0,
     profile: bool = True,
+    isolate: bool = True,
     threads: int | None = None,
 ) -> LayerReport:
     """`layer_report` for two ONNX files, on `data` (any torchship data source) or, without
@@ -437,5 +482,5 @@ def compare_files(
     with tempfile.TemporaryDirectory(prefix="torchship-layers-") as tmp:
         return layer_report(
             source.path, target.path, feeds, scratch=Path(tmp), data=described,
-            random_inputs=random_inputs, profile=profile, threads=threads,
+            random_inputs=random_inputs, profile=profile, isolate=isolate, threads=threads,
         )  # fmt: skip

@@ -44,12 +44,14 @@ def to_markdown(report: LayerReport) -> str:
             for name, v in report.outputs.items()
         ),
         "",
-        "Ranked by *added SQNR*: the SQNR a node's output would have if the noise it adds were "
-        "the only noise (lowest first). *SQNR* and *cosine* compare its output with FP32.",
+        "Ranked by *alone*: the model's output SQNR when only that layer is quantized (the INT8 "
+        "model's own scales, Q/DQ emulated in float), lowest first; then by *added*: the SQNR a "
+        "node's output would have if the noise it adds were the only noise. *SQNR* and *cosine* "
+        "compare its output in the quantized model with FP32.",
         "",
-        "| # | module | node | op | added SQNR dB | SQNR dB | cosine | weight SQNR dB "
+        "| # | module | node | op | alone dB | added dB | SQNR dB | cosine | weight SQNR dB "
         "| FP32 µs | quantized µs | Q/DQ µs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for rank, row in enumerate(report.ranked()[:_MD_ROWS], 1):
         lines.append(_md_row(rank, row))
@@ -69,7 +71,8 @@ def _md_row(rank: int, row: LayerRow) -> str:
     origin = row.origin
     cells = [
         str(rank), origin.module or "-", f"`{origin.node}`", origin.op_type,
-        _num(row.added_sqnr_db), _num(row.sqnr_db), _num(row.cosine, 5),
+        _num(row.alone_sqnr_db), _num(row.added_sqnr_db), _num(row.sqnr_db),
+        _num(row.cosine, 5),
         _num(row.weight_sqnr_db), _num(row.fp32_us, 1), _num(row.quant_us, 1),
         _num(row.qdq_us, 1),
     ]  # fmt: skip

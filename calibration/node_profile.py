@@ -25,6 +25,7 @@ __all__ = ["NodeTimes", "profile_nodes"]
 log = logging.getLogger(__name__)
 
 _QDQ_SUFFIXES = ("_QuantizeLinear", "_DequantizeLinear")
+_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
 _TOKEN = re.compile(r"_token_\d+$")
 
 
@@ -108,26 +109,28 @@ def _attribute(
     for event in events:
         name = _TOKEN.sub("", event["name"][: -len("_kernel_time")])
         micros = float(event.get("dur", 0)) / runs
-        # Q/DQ first: `<tensor>_QuantizeLinear` also starts with the producing node's name
-        qdq = next((name[: -len(s)] for s in _QDQ_SUFFIXES if name.endswith(s)), None)
-        if qdq is not None:
-            producer = tensors.get(qdq)
-            _add(times.qdq_us, producer.node if producer else f"input {qdq}", micros)
-            continue
-        owner = _owner(name, nodes)
-        if owner is not None:
-            _add(times.compute_us, owner, micros)
-            continue
         op = (event.get("args") or {}).get("op_name", "")
-        _add(times.other_us, f"{name} ({op})" if op else name, micros)
+        base = next((name[: -len(s)] for s in _QDQ_SUFFIXES if name.endswith(s)), None)
+        is_qdq = base is not None or op in _QDQ_OPS
+        base = name if base is None else base
+        # Q/DQ by tensor first: `<tensor>_QuantizeLinear` also starts with its producer's name.
+        # Nodes ORT rewrote are named after a node (`<node>_token_3`) or a tensor (`<t>_nchwc`).
+        owner = None if is_qdq else _prefix_in(base, nodes)
+        if owner is None:
+            tensor = _prefix_in(base, tensors)
+            owner = tensors[tensor].node if tensor is not None else None
+        if owner is None:
+            _add(times.other_us, f"{name} ({op})" if op else name, micros)
+        else:
+            _add(times.qdq_us if is_qdq else times.compute_us, owner, micros)
     return times
 
 
-def _owner(name: str, nodes: Mapping[str, NodeOrigin]) -> str | None:
-    """The FP32 node whose name is `name` or its longest `_`-separated prefix."""
+def _prefix_in(name: str, names: Mapping[str, object]) -> str | None:
+    """The key of `names` that is `name` or its longest `_`-separated prefix."""
     candidate = name
     while candidate:
-        if candidate in nodes:
+        if candidate in names:
             return candidate
         if "_" not in candidate:
             return None

@@ -22,6 +22,7 @@ __all__ = ["NodeOrigin", "node_origin", "origins_by_tensor"]
 
 _SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 _CLASSES_KEY = "pkg.torch.onnx.class_hierarchy"
+_WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,11 @@ class NodeOrigin:
 
 def node_origin(node: onnx.NodeProto, index: int = 0) -> NodeOrigin:
     """The module `node` was exported from: dynamo metadata first, then the legacy name."""
+    weight = _weight_module(node)
+    if weight:
+        # a Conv/Gemm/MatMul reads its module's `<module>.weight`; after the exporter folds a
+        # BatchNorm into a Conv, the name scopes point at the BatchNorm instead
+        return NodeOrigin(node.name, node.op_type, weight, "", index)
     props = {p.key: p.value for p in node.metadata_props}
     scopes = _literal_list(props.get(_SCOPES_KEY))
     if scopes:
@@ -74,6 +80,13 @@ def origins_by_tensor(graph: onnx.GraphProto) -> dict[str, NodeOrigin]:
             if output:
                 origins[output] = origin
     return origins
+
+
+def _weight_module(node: onnx.NodeProto) -> str:
+    if node.op_type not in _WEIGHT_OPS or len(node.input) < 2:
+        return ""
+    name = node.input[1]
+    return name[: -len(".weight")] if name.endswith(".weight") else ""
 
 
 def _literal_list(text: str | None) -> list[str]:
