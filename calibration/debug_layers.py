@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 #: Samples compared by default: every intermediate tensor of both models is held for them.
 DEFAULT_SAMPLES = 32
 _EPS = float(np.finfo(np.float32).eps)
+_SUMMARY_KEYS = ("node", "op_type", "module", "alone_sqnr_db", "added_sqnr_db", "sqnr_db", "cosine")
 
 
 @dataclass(frozen=True)
@@ -138,13 +139,7 @@ class LayerReport:
             "samples": self.samples,
             "random_inputs": self.random_inputs,
             "outputs": self.outputs,
-            "worst": [
-                {
-                    k: r.to_dict()[k]
-                    for k in ("node", "op_type", "module", "added_sqnr_db", "sqnr_db", "cosine")
-                }
-                for r in self.ranked()[:top]
-            ],  # fmt: skip
+            "worst": [{k: r.to_dict()[k] for k in _SUMMARY_KEYS} for r in self.ranked()[:top]],
             "latency_us": {k: round(v, 2) for k, v in self.totals_us.items()},
         }
 
@@ -193,7 +188,7 @@ def layer_report(
     fp32_copy, quant_copy = _copy(fp32, scratch / "fp32.onnx"), _copy(quantized, scratch / "q.onnx")
     graph = onnx.load(str(fp32_copy), load_external_data=False).graph
     tensors = origins_by_tensor(graph)
-    errors = _activation_errors(fp32_copy, quant_copy, feeds, scratch)
+    errors, float_tensors = _activation_errors(fp32_copy, quant_copy, feeds, scratch)
     errors = _drop_folded_qdq(errors, graph, onnx.load(str(quant_copy)).graph)
     weights, dequantized = _weight_errors(fp32_copy, quant_copy, graph)
     nodes = {o.node: o for o in tensors.values()}
@@ -203,7 +198,7 @@ def layer_report(
                               threads=threads)  # fmt: skip
         fp32_times = profile_nodes(fp32_copy, feeds[0], nodes=nodes, tensors=tensors,
                                    scratch=scratch, threads=threads)  # fmt: skip
-    rows = _rows(graph, errors, weights, times, fp32_times)
+    rows = _rows(graph, errors, float_tensors, weights, times, fp32_times)
     if isolate:
         rows = _isolate(rows, fp32_copy, quant_copy, dequantized, feeds, scratch, isolate_budget_s)
     outputs = {
@@ -245,7 +240,10 @@ def _copy(src: Path, dst: Path) -> Path:
 Errors = dict[str, tuple[float, float, float | None]]
 
 
-def _activation_errors(fp32: Path, quantized: Path, feeds, scratch: Path) -> Errors:
+def _activation_errors(
+    fp32: Path, quantized: Path, feeds, scratch: Path
+) -> tuple[Errors, set[str]]:
+    """Errors by tensor, and the FP32 model's float tensors (what could be compared)."""
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations,
         compute_activation_error,
@@ -271,7 +269,7 @@ def _activation_errors(fp32: Path, quantized: Path, feeds, scratch: Path) -> Err
     matching = {k: v for k, v in matching.items() if "float" in v}
     sqnr = compute_activation_error(matching)
     cosine = compute_activation_error(matching, err_func=_cosine)
-    return {
+    errors = {
         name: (
             sqnr[name]["xmodel_err"],
             cosine[name]["xmodel_err"],
@@ -279,6 +277,7 @@ def _activation_errors(fp32: Path, quantized: Path, feeds, scratch: Path) -> Err
         )
         for name in matching
     }
+    return errors, set(float_acts)
 
 
 def _drop_folded_qdq(errors: Errors, fp32: onnx.GraphProto, quant: onnx.GraphProto) -> Errors:
@@ -311,6 +310,12 @@ def _weight_errors(
 
     with quiet_ort(), scratch_cwd("torchship-layers-"):
         matching = create_weight_matching(str(fp32), str(quantized))
+    # ORT subtracts the zero point in the stored dtype: uint8 weights (an embedding table
+    # quantized like an activation) wrap around; dequantize those pairs again in int32
+    exact = _dequantized_weights(onnx.load(str(quantized)).graph)
+    for name, pair in matching.items():
+        if name in exact:
+            pair["dequantized"] = exact[name]
     errors = compute_weight_error(matching)
     by_node: dict[str, float] = {}
     for node in graph.node:
@@ -324,12 +329,38 @@ def _weight_errors(
     return by_node, dequantized
 
 
+def _dequantized_weights(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """(q - zero point) * scale of every DequantizeLinear of a constant, by the float weight's
+    name (ORT names the integer one `<weight>_quantized`)."""
+    constants = {i.name: i for i in graph.initializer}
+    out: dict[str, np.ndarray] = {}
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in constants:
+            continue
+        if not node.input[0].endswith("_quantized") or node.input[1] not in constants:
+            continue
+        values = onnx.numpy_helper.to_array(constants[node.input[0]]).astype(np.int64)
+        scale = onnx.numpy_helper.to_array(constants[node.input[1]]).astype(np.float64)
+        zero = np.zeros_like(scale, dtype=np.int64)
+        if len(node.input) > 2 and node.input[2] in constants:
+            zero = onnx.numpy_helper.to_array(constants[node.input[2]]).astype(np.int64)
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        if scale.size > 1:
+            shape = [1] * values.ndim
+            shape[axis] = -1
+            scale, zero = scale.reshape(shape), zero.reshape(shape)
+        dequantized = ((values - zero) * scale).astype(np.float32)
+        out[node.input[0].removesuffix("_quantized")] = dequantized
+    return out
+
+
 _WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def _rows(
     graph: onnx.GraphProto,
     errors: Errors,
+    float_tensors: set[str],
     weights: Mapping[str, float],
     times: NodeTimes | None,
     fp32_times: NodeTimes | None,
@@ -339,7 +370,7 @@ def _rows(
     downstream, named after the weighted node among them."""
     producers = {o: (i, n) for i, n in enumerate(graph.node) for o in n.output if o}
     skip = {i.name for i in graph.initializer}
-    group = _Grouping(producers, errors, skip)
+    group = _Grouping(producers, errors, skip, float_tensors)
     rows, covered = [], set()
     for index, node in enumerate(graph.node):
         tensor = next((o for o in node.output if o in errors), None)
@@ -373,8 +404,8 @@ def _rows(
 class _Grouping:
     """Walks from a node to the compared tensors above it, through tensors not compared."""
 
-    def __init__(self, producers, errors: Errors, skip: set[str]) -> None:
-        self.producers, self.errors, self.skip = producers, errors, skip
+    def __init__(self, producers, errors: Errors, skip: set[str], floats: set[str]) -> None:
+        self.producers, self.errors, self.skip, self.floats = producers, errors, skip, floats
         self._nsr: dict[str, float] = {}
 
     def upstream_nsr(self, tensor: str) -> float:
@@ -397,7 +428,10 @@ class _Grouping:
         while stack:
             tensor = stack.pop()
             found = self.producers.get(tensor)
-            if tensor in self.errors or found is None or found[0] in seen:
+            # only float tensors the quantized model lacks: not shape arithmetic
+            if tensor in self.errors or tensor not in self.floats or found is None:
+                continue
+            if found[0] in seen:
                 continue
             seen.add(found[0])
             stack.extend(i for i in found[1].input if i and i not in self.skip)

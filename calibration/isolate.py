@@ -2,12 +2,13 @@
 
 The accumulated and added SQNR of a fully quantized model mix a layer's own rounding with
 how the layers after it amplify upstream noise. The question a user asks ("which layer kills
-my INT8 accuracy?") is answered by quantizing one layer at a time. The quantized model already
-holds every scale and zero point, so no calibration is needed: for a layer (a node and the
-nodes fused into its row, e.g. a Conv with the Relu ORT folded into its Q/DQ), the FP32 graph
-gets the INT8 model's Q/DQ on the layer's activation inputs and on its output, and the
-dequantized weights (`create_weight_matching`); the model's outputs are then compared with
-FP32's. One small graph edit and one run per layer, bounded in time.
+my INT8 accuracy?") is answered by quantizing one layer at a time, as ORT's
+`nodes_to_quantize=[layer]` would. The quantized model already holds every scale and zero
+point, so no calibration is needed: for a layer (a node and the nodes fused into its row, e.g.
+a Conv with the Relu ORT folded into its Q/DQ), the FP32 graph gets the INT8 model's Q/DQ on
+the layer's activation inputs (read by all their consumers, as in the quantized model) and on
+its output, and the dequantized weights; the model's outputs are then compared with FP32's,
+with Q/DQ emulated in float. One small graph edit and one run per layer, bounded in time.
 """
 
 from __future__ import annotations
@@ -109,7 +110,9 @@ def _with_only(
                     constants.add(alias)
                 node.input[j] = alias
             elif name and name not in produced and name not in constants and name in qparams:
-                node.input[j] = _qdq(graph, added, name, qparams[name], tag=f"in{len(added)}")
+                # as in the quantized model (and ORT's nodes_to_quantize): one Q/DQ on the
+                # tensor, read by every consumer, not only by this layer
+                _rewire(graph, name, _qdq(graph, added, name, qparams[name], tag=f"in{len(added)}"))
     if span.tensor in qparams:
         _quantize_output(graph, added, span.tensor, qparams[span.tensor], members)
     if not added and not any(_SUFFIX in i for n in members for i in n.input):
@@ -140,6 +143,13 @@ def _sort_nodes(graph: onnx.GraphProto) -> None:
         copy.CopyFrom(node)
     del graph.node[:]
     graph.node.extend(copies)
+
+
+def _rewire(graph: onnx.GraphProto, tensor: str, replacement: str) -> None:
+    for node in graph.node:
+        for j, name in enumerate(node.input):
+            if name == tensor:
+                node.input[j] = replacement
 
 
 def _qdq(graph, added: list, tensor: str, params, *, tag: str) -> str:

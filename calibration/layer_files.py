@@ -5,10 +5,25 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from torchship.calibration.debug_layers import LayerReport, LayerRow
+from torchship.calibration.debug_layers import (
+    LayerReport,
+    LayerRow,
+    feeds_for_report,
+    layer_report,
+)
+from torchship.data import DataSet
+from torchship.errors import first_line
 from torchship.files import atomic_path, atomic_write_json, atomic_write_text
+from torchship.interrupts import reraise_interrupt
 
-__all__ = ["JSON_NAME", "MARKDOWN_NAME", "PLOT_NAME", "write_layer_files", "to_markdown"]
+__all__ = [
+    "JSON_NAME",
+    "MARKDOWN_NAME",
+    "PLOT_NAME",
+    "layer_summary_into",
+    "to_markdown",
+    "write_layer_files",
+]
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +112,18 @@ def plot_sqnr(report: LayerReport, path: Path) -> Path | None:
     figure, axis = plt.subplots(figsize=(9, 4))
     depth = [r.origin.index for r in rows]
     axis.plot(depth, [r.sqnr_db for r in rows], marker=".", label="SQNR vs FP32")
-    added = [(r.origin.index, r.added_sqnr_db) for r in rows if r.added_sqnr_db is not None]
-    if added:
-        axis.scatter(*zip(*added, strict=True), marker="x", color="tab:red", label="added SQNR")
+    for field, marker, color, label in (
+        ("added_sqnr_db", "x", "tab:red", "added SQNR"),
+        ("alone_sqnr_db", "o", "tab:green", "output SQNR, only this layer quantized"),
+    ):
+        points = [
+            (r.origin.index, getattr(r, field)) for r in rows if getattr(r, field) is not None
+        ]
+        if points:
+            axis.scatter(*zip(*points, strict=True), marker=marker, color=color, label=label, s=18)
     for row in report.ranked()[:3]:
-        axis.annotate(row.origin.module or row.origin.node, (row.origin.index, row.added_sqnr_db),
-                      fontsize=7)  # fmt: skip
+        value = row.alone_sqnr_db if row.alone_sqnr_db is not None else row.added_sqnr_db
+        axis.annotate(row.origin.module or row.origin.node, (row.origin.index, value), fontsize=7)
     axis.set_xlabel("node depth (graph order)")
     axis.set_ylabel("dB")
     axis.set_title(f"{Path(report.quantized).name}: SQNR by depth")
@@ -112,3 +133,31 @@ def plot_sqnr(report: LayerReport, path: Path) -> Path | None:
         figure.savefig(tmp, dpi=110)
     plt.close(figure)
     return path
+
+
+def layer_summary_into(
+    out_dir: Path,
+    fp32: Path,
+    quantized: Path,
+    data: DataSet | None,
+    *,
+    scratch: Path,
+    threads: int | None = None,
+    isolate_budget_s: float = 20.0,
+) -> tuple[dict, str | None]:
+    """The per-layer report of a quantize run: its files in `out_dir`, and (the summary for
+    quantize_report.json, a warning or None). A failure here is a warning, never the run's."""
+    try:
+        feeds, described, random_inputs = feeds_for_report(data, data.inputs if data else (),
+                                                           samples=None)  # fmt: skip
+        folder = Path(scratch) / "layers"
+        folder.mkdir(exist_ok=True)
+        report = layer_report(
+            fp32, quantized, feeds, scratch=folder, data=described, random_inputs=random_inputs,
+            threads=threads, isolate_budget_s=isolate_budget_s,
+        )  # fmt: skip
+        written = write_layer_files(report, out_dir)
+    except Exception as exc:  # a debugging aid: report it, keep the artifact
+        reraise_interrupt(exc)
+        return {"error": first_line(exc)}, f"per-layer report skipped: {first_line(exc)}"
+    return {**report.summary(), "files": [p.name for p in written]}, None

@@ -28,6 +28,7 @@ from torchship.calibration.accuracy import (
 )
 from torchship.calibration.calibrators import METHODS, compute_ranges, write_trt_table
 from torchship.calibration.inspect_int8 import count_ops
+from torchship.calibration.layer_files import layer_summary_into
 from torchship.calibration.presets import get_preset
 from torchship.calibration.proof import bench_vs_fp32, parity_vs_fp32
 from torchship.calibration.sensitivity import FallbackResult, fallback_loop
@@ -237,6 +238,12 @@ class _Run:
             details=details,
         )
         self._prove(artifact, precision)
+        self.report["layers"], problem = layer_summary_into(
+            stage, self.source.path, target, self.eval_data, scratch=self.tmp,
+            threads=self.opts.threads,
+        )  # fmt: skip
+        if problem:
+            self.warn(problem)
         self.report["passed"] = fallback.passed and self.report["parity"]["passed"]
         self.report["warnings"] = self.warnings
         return artifact, self.report

@@ -124,6 +124,13 @@ def _print_summary(console: Console, result: QuantizeResult) -> None:
         f"ops after ORT optimization: {counts['integer_ops']} integer, {counts['qdq_left']} Q/DQ "
         f"left, {counts['float_compute_ops']} float compute"
     )
+    worst = (report.get("layers") or {}).get("worst")
+    if worst:
+        layer = worst[0]
+        console.print(
+            f"costliest layer: {layer['module'] or layer['node']} ({layer['op_type']}), output "
+            f"SQNR {layer['alone_sqnr_db']} dB when only it is quantized; per layer: layers.md"
+        )
     timing = report.get("timing")
     if timing:
         console.print(
