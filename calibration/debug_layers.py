@@ -496,19 +496,19 @@ def compare_files(
 ) -> LayerReport:
     """`layer_report` for two ONNX files, on `data` (any torchship data source) or, without
     it, random inputs. ModelLoadError/ConfigError for unreadable files or mismatched inputs."""
-    source = Artifact.open(fp32)
-    target = Artifact.open(quantized, inputs=source.inputs)
+    source, target = Artifact.open(fp32), Artifact.open(quantized)
     for artifact in (source, target):
         if artifact.format is not Format.ONNX:
             raise ConfigError(f"{artifact.path}: debug quantize compares ONNX models")
-        with get_runner("ort-cpu")(artifact):  # ModelLoadError now, with the file's name
-            pass
     names = {s.name for s in onnx_io(target.path)[0]}
     if names != {s.name for s in source.inputs}:
         raise ConfigError(
             f"{target.path}: takes inputs {sorted(names)}, {source.path.name} takes "
             f"{sorted(s.name for s in source.inputs)}; give a quantized model of the FP32 one"
         )
+    for artifact in (source, replace(target, inputs=source.inputs)):
+        with get_runner("ort-cpu")(artifact):  # ModelLoadError now, with the file's name
+            pass
     dataset = None if data is None else open_data(data, inputs=source.inputs, seed=seed)
     feeds, described, random_inputs = feeds_for_report(
         dataset, source.inputs, samples=samples, seed=seed

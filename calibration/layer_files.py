@@ -143,20 +143,24 @@ def layer_summary_into(
     *,
     scratch: Path,
     threads: int | None = None,
-    isolate_budget_s: float = 20.0,
+    samples: int = 16,
+    isolate_budget_s: float = 10.0,
 ) -> tuple[dict, str | None]:
     """The per-layer report of a quantize run: its files in `out_dir`, and (the summary for
-    quantize_report.json, a warning or None). A failure here is a warning, never the run's."""
+    quantize_report.json, a warning or None). A failure here is a warning, never the run's.
+
+    Kept to a few seconds on small models (it runs in every quantize): `samples` samples, the
+    isolation within `isolate_budget_s`, no plot (`torchship debug quantize` draws it)."""
     try:
         feeds, described, random_inputs = feeds_for_report(data, data.inputs if data else (),
-                                                           samples=None)  # fmt: skip
+                                                           samples=samples)  # fmt: skip
         folder = Path(scratch) / "layers"
         folder.mkdir(exist_ok=True)
         report = layer_report(
             fp32, quantized, feeds, scratch=folder, data=described, random_inputs=random_inputs,
             threads=threads, isolate_budget_s=isolate_budget_s,
         )  # fmt: skip
-        written = write_layer_files(report, out_dir)
+        written = write_layer_files(report, out_dir, plot=False)
     except Exception as exc:  # a debugging aid: report it, keep the artifact
         reraise_interrupt(exc)
         return {"error": first_line(exc)}, f"per-layer report skipped: {first_line(exc)}"
