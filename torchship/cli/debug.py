@@ -230,7 +230,7 @@ def _print_reduce(console: Console, result: ReduceResult) -> None:
         console.print(Text(f"node not found: {result.note}", "yellow"))
         return
     culprit, comparison = result.culprit, result.comparison
-    where = culprit.module or "no module recorded"
+    where = culprit.module or "the model's own forward (no submodule recorded)"
     console.print(
         Text.assemble(
             ("first mismatching node: ", "bold red"),
