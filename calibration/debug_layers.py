@@ -293,12 +293,13 @@ def _drop_folded_qdq(errors: Errors, fp32: onnx.GraphProto, quant: onnx.GraphPro
 
 
 def _cosine(x: Sequence[np.ndarray], y: Sequence[np.ndarray]) -> float:
-    left = np.concatenate([np.asarray(a, np.float64).ravel() for a in x])
-    right = np.concatenate([np.asarray(a, np.float64).ravel() for a in y])
-    norms = np.linalg.norm(left) * np.linalg.norm(right)
+    # float32 BLAS dots: float64 copies of every activation cost more than the rest together
+    left = np.concatenate([np.asarray(a, np.float32).ravel() for a in x])
+    right = np.concatenate([np.asarray(a, np.float32).ravel() for a in y])
+    norms = math.sqrt(float(np.dot(left, left))) * math.sqrt(float(np.dot(right, right)))
     if norms == 0:
         return 1.0 if np.array_equal(left, right) else 0.0
-    return float(np.dot(left, right) / norms)
+    return min(1.0, float(np.dot(left, right)) / norms)
 
 
 def _weight_errors(
