@@ -296,10 +296,16 @@ def _cosine(x: Sequence[np.ndarray], y: Sequence[np.ndarray]) -> float:
     # float32 BLAS dots: float64 copies of every activation cost more than the rest together
     left = np.concatenate([np.asarray(a, np.float32).ravel() for a in x])
     right = np.concatenate([np.asarray(a, np.float32).ravel() for a in y])
-    norms = math.sqrt(float(np.dot(left, left))) * math.sqrt(float(np.dot(right, right)))
+    with np.errstate(all="ignore"):
+        dots = [float(np.dot(a, b)) for a, b in ((left, left), (right, right), (left, right))]
+    if not all(math.isfinite(d) for d in dots):  # float32 overflow (masked -inf scores, ...)
+        finite = np.isfinite(left) & np.isfinite(right)
+        a, b = left[finite].astype(np.float64), right[finite].astype(np.float64)
+        dots = [float(np.dot(a, a)), float(np.dot(b, b)), float(np.dot(a, b))]
+    norms = math.sqrt(dots[0]) * math.sqrt(dots[1])
     if norms == 0:
         return 1.0 if np.array_equal(left, right) else 0.0
-    return min(1.0, float(np.dot(left, right)) / norms)
+    return max(-1.0, min(1.0, dots[2] / norms))
 
 
 def _weight_errors(
@@ -317,6 +323,9 @@ def _weight_errors(
     for name, pair in matching.items():
         if name in exact:
             pair["dequantized"] = exact[name]
+        # scalar weights come back as numpy scalars, which ORT's SQNR cannot take
+        pair["float"] = np.atleast_1d(np.asarray(pair["float"]))
+        pair["dequantized"] = np.atleast_1d(np.asarray(pair["dequantized"]))
     errors = compute_weight_error(matching)
     by_node: dict[str, float] = {}
     for node in graph.node:
