@@ -127,9 +127,14 @@ def _print_summary(console: Console, result: QuantizeResult) -> None:
     worst = (report.get("layers") or {}).get("worst")
     if worst:
         layer = worst[0]
+        figure = (
+            f"output SQNR {layer['alone_sqnr_db']} dB when only it is quantized"
+            if layer["alone_sqnr_db"] is not None
+            else f"it adds noise at {layer['added_sqnr_db']} dB SQNR"
+        )
         console.print(
-            f"costliest layer: {layer['module'] or layer['node']} ({layer['op_type']}), output "
-            f"SQNR {layer['alone_sqnr_db']} dB when only it is quantized; per layer: layers.md"
+            f"costliest layer: {layer['module'] or layer['node']} ({layer['op_type']}), "
+            f"{figure}; per layer: layers.md"
         )
     timing = report.get("timing")
     if timing:
