@@ -40,7 +40,7 @@ def test_debug_quantize_prints_the_worst_layers_and_writes_files(demo_pair, tmp_
     assert report["schema"] == "torchship.layers/1" and report["samples"] == 32
     assert report["layers"][0]["module"] == "stem.0"
     assert {p.name for p in out.iterdir()} >= {"layers.json", "layers.md"}
-    code = run("debug", "quantize", fp32, int8, "--data", data, "-o", out, "--top", "3",
+    code = run("debug", "quantize", fp32, int8, "--data", data, "-o", out, "--top", "40",
                "--no-isolate", "--no-profile")  # fmt: skip
     text = capsys.readouterr().out
     assert code == 0 and "stem.0" in text and "SQNR" in text and "written:" in text
