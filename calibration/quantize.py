@@ -30,6 +30,7 @@ from torchship.calibration.budget import (
 from torchship.calibration.calibrators import METHODS, compute_ranges, write_trt_table
 from torchship.calibration.fallback import DEFAULT_MAX_FALLBACK_TIME_S, FallbackResult
 from torchship.calibration.inspect_int8 import count_ops
+from torchship.calibration.layer_files import layer_summary_into
 from torchship.calibration.metrics import recorded_task
 from torchship.calibration.presets import get_preset
 from torchship.calibration.proof import bench_vs_fp32, parity_vs_fp32
@@ -251,6 +252,12 @@ class _Run:
             details=details,
         )
         self._prove(artifact, precision)
+        self.report["layers"], problem = layer_summary_into(
+            stage, self.source.path, target, self.eval_data, scratch=self.tmp,
+            threads=self.opts.threads,
+        )  # fmt: skip
+        if problem:
+            self.warn(problem)
         failures = self.report["failures"] = []
         empty = nothing_quantized(self.counts, fallback)
         if precision is Precision.INT8 and empty:

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
-from torchship.cli import bench, engine, export, prune, quantize, regress, ship, tune, verify
+from torchship.cli import bench, debug, engine, export, prune, quantize, regress, ship, tune, verify
 from torchship.errors import EXIT_CHECK_FAILED, EXIT_OK, ToolchainError
 from torchship.interrupts import exit_code_of, handle_signals, interrupted_line
 
@@ -34,6 +34,7 @@ _COMMANDS = (
     quantize.register_quantize,
     engine.register_build_engine,
     tune.register_tune,
+    debug.register_debug,
 )
 
 

@@ -139,6 +139,18 @@ def _print_summary(console: Console, result: QuantizeResult) -> None:
         f"ops after ORT optimization: {counts['integer_ops']} integer, {counts['qdq_left']} Q/DQ "
         f"left, {counts['float_compute_ops']} float compute"
     )
+    worst = (report.get("layers") or {}).get("worst")
+    if worst:
+        layer = worst[0]
+        figure = (
+            f"output SQNR {layer['alone_sqnr_db']} dB when only it is quantized"
+            if layer["alone_sqnr_db"] is not None
+            else f"it adds noise at {layer['added_sqnr_db']} dB SQNR"
+        )
+        console.print(
+            f"costliest layer: {layer['module'] or layer['node']} ({layer['op_type']}), "
+            f"{figure}; per layer: layers.md"
+        )
     timing = report.get("timing")
     if timing:
         console.print(
