@@ -103,10 +103,12 @@ class CandidatesStep(Step):
                 state.models[variant], state.stage / prefix, calib=calib, eval_data=eval_data,
                 max_drop=self.max_drop, threads=self.threads,
             )  # fmt: skip
-            made = {**state.artifacts, **result.artifacts}
-            for key, role in (("onnx", f"{variant}/onnx"), ("int8", f"{prefix}int8/onnx")):
-                if role in made:
-                    builds.reuse(key, made[role])
+            onnx = artifact_role(variant, Format.ONNX)
+            if onnx in state.artifacts:
+                builds.reuse("onnx", state.artifacts[onnx])
+            int8 = _pipeline_int8(state, onnx)
+            if int8 is not None:
+                builds.reuse("int8", int8)
             for candidate in default_candidates():
                 if candidate.runtime == "torch":  # the eager reference row is always measured
                     continue
@@ -147,6 +149,18 @@ class CandidatesStep(Step):
         if candidate.runtime not in runtimes_for(artifact.format):
             extra = (*state.measure_on.get(role, ()), *result.measure_on.get(role, ()))
             result.measure_on[role] = (*extra, candidate.runtime)
+
+
+def _pipeline_int8(state: PipelineState, onnx: str) -> Artifact | None:
+    """The pipeline's first static CPU INT8 file made from `onnx` (a quantize step's), if any:
+    the search's ORT and OpenVINO INT8 candidates run it rather than quantizing again."""
+    for role, origin in state.origins.items():
+        artifact = state.artifacts[role]
+        details = artifact.details
+        cpu = details.get("mode") == "static" and details.get("preset") != "tensorrt"
+        if origin == onnx and artifact.format is Format.ONNX and cpu:
+            return artifact
+    return None
 
 
 #: the folders and formats the search builds beside the pipeline's own files
