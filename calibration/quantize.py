@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from torchship.artifact import Artifact, Format, Precision
-from torchship.calibration import ort_quantize
+from torchship.calibration import latency_hook, ort_quantize, ptq_algos
 from torchship.calibration.accuracy import (
     Accuracy,
     compare_accuracy,
@@ -66,6 +66,11 @@ class QuantizeOptions:
     bench_batch: int | None = None  # default: 8 with a dynamic batch, else the fixed one
     bench_min_time_s: float = 0.5
     threads: int | None = None
+    #: measured region search (calibration.latency_search); None: on for the CPU presets
+    latency_search: bool | None = None
+    latency_search_time_s: float | None = None  # default: latency_search.DEFAULT_TIME_S
+    #: PTQ algorithms (calibration.ptq_algos): None tries them when the budget is missed
+    ptq_algos: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         for name, kind in (("mode", Mode), ("precision", Precision)):
@@ -86,6 +91,12 @@ class QuantizeOptions:
             raise ConfigError(f"--max-fp32-nodes {self.max_excluded}: must be >= 0")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads {self.threads}: must be >= 1")
+        if self.latency_search_time_s is not None and self.latency_search_time_s <= 0:
+            raise ConfigError(
+                f"--latency-search-time {self.latency_search_time_s}: must be > 0 seconds"
+            )
+        if self.ptq_algos is not None:
+            object.__setattr__(self, "ptq_algos", ptq_algos.parse_algos(self.ptq_algos))
 
 
 @dataclass(frozen=True)
@@ -211,6 +222,7 @@ class _Run:
         self.calib_arg, self.eval_arg = calib, eval_data
         self.warnings: list[str] = []
         self.report: dict = {"source": source.path.name, "source_sha256": source.sha256}
+        self.algos = ptq_algos.Variants.none()
         self._made: dict[tuple[str, ...], Path] = {}
 
     def warn(self, message: str) -> None:
@@ -226,8 +238,13 @@ class _Run:
         else:
             make, accuracy_budget = self._static(stage), True
         fallback = self._check_accuracy(make, allow_fallback=accuracy_budget)
-        shutil.copyfile(self._made[fallback.excluded], target)
-        details = self._details(fallback)
+        shipped = latency_hook.choose(self, make, fallback)  # docs/design.md, "INT8 on CPU"
+        if shipped.ships_fp32:
+            shutil.copyfile(self.source.path, target)
+            precision = Precision.FP32
+        else:
+            shutil.copyfile(make(shipped.excluded), target)
+        details = self._details(shipped.fallback)
         artifact = Artifact.create(
             target,
             format=Format.ONNX,
@@ -237,18 +254,19 @@ class _Run:
             details=details,
         )
         self._prove(artifact, precision)
-        self.report["passed"] = fallback.passed and self.report["parity"]["passed"]
+        self.report["passed"] = shipped.fallback.passed and self.report["parity"]["passed"]
         self.report["warnings"] = self.warnings
         return artifact, self.report
 
     # --- candidates ---------------------------------------------------------------------------
 
     def _candidate(self, excluded: tuple[str, ...], build: Callable[[Path, tuple], None]) -> Path:
-        if excluded not in self._made:
+        key = (*self.algos.key, "|", *excluded)  # one model per PTQ variant and exclusion set
+        if key not in self._made:
             path = self.tmp / f"candidate{len(self._made)}.onnx"
             build(path, excluded)
-            self._made[excluded] = path
-        return self._made[excluded]
+            self._made[key] = path
+        return self._made[key]
 
     def _static(self, stage: Path) -> Callable[[tuple[str, ...]], Path]:
         opts = self.opts
@@ -256,6 +274,7 @@ class _Run:
         method = opts.method or "minmax"
         pre = self.tmp / "preprocessed.onnx"
         self.report["preprocessing"] = ort_quantize.preprocess(self.source.path, pre)
+        latency_hook.name_nodes(pre)  # region exclusions name every node
         self.calib = self._calib_data(required=True)
         ranges = compute_ranges(
             pre, self.calib, method=method, symmetric=preset.symmetric_activations
@@ -274,10 +293,16 @@ class _Run:
         self.candidates = ort_quantize.weight_op_nodes(pre)
         ort_method = METHODS.get(method).ort_method()
 
+        self.algos = ptq_algos.Variants(
+            pre, self.calib, self.tmp, preset=preset, method=method, ranges_cache=cache
+        )
+
         def build(path: Path, excluded: tuple) -> None:
+            source, ranges = self.algos.source_for(excluded)
             ort_quantize.quantize_static_qdq(
-                pre, path, preset=preset, method=ort_method, ranges_cache=cache, exclude=excluded
-            )
+                source, path, preset=preset, method=ort_method, ranges_cache=ranges,
+                exclude=excluded,
+            )  # fmt: skip
 
         return lambda excluded: self._candidate(excluded, build)
 
@@ -342,7 +367,12 @@ class _Run:
             outputs = run_eval(make(excluded), data, threads=self.opts.threads)
             return compare_accuracy(outputs, reference)
 
+        self.evaluate, self.reference = evaluate, reference  # for latency_hook and ptq_algos
         max_drop = 1.0 if self.opts.max_drop is None else self.opts.max_drop
+        if allow_fallback and self.algos.available:
+            self.report["ptq_algorithms"] = self.algos.choose(
+                evaluate, max_drop=max_drop, requested=self.opts.ptq_algos
+            )
         result = fallback_loop(
             self.candidates if allow_fallback else [],
             evaluate,
@@ -369,7 +399,7 @@ class _Run:
         counts = count_ops(artifact.path)
         self.report["op_counts"] = counts.to_dict()
         artifact.details["op_counts"] = counts.to_dict()
-        if precision is Precision.INT8 and counts.integer == 0:
+        if precision is Precision.INT8 and counts.integer == 0 and not self.report.get("shipped"):
             self.warn(f"{artifact.path.name}: no integer kernels after ORT optimization")
         self.report["parity"] = parity_vs_fp32(self.source, artifact, self.eval_data)
         if not self.report["parity"]["passed"]:
