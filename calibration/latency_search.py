@@ -40,7 +40,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIME_S = 60.0
+DEFAULT_TIME_S = 30.0
+#: At most this many region families are measured (the profile's best first).
+MAX_REGIONS = 8
 #: A step must cut latency by this share to be kept (below it, timing noise decides).
 MIN_STEP_GAIN = 0.02
 #: The shipped INT8 must be at least this much faster than FP32 in both measurements.
@@ -180,6 +182,13 @@ def search(
     )
     current, current_regions, current_ratio = base_excluded, (), base_ratio
     order = sorted(regions, key=lambda r: -estimates.get(r.name, 0.0))
+    if estimates:  # the profile says these save nothing: listed, not measured
+        for region in order:
+            if estimates.get(region.name, 0.0) <= 0:
+                rows.append(Row(f"+ {region.name}", (region.name,), len(region.nodes), None, None,
+                                None, "profile: no saving", estimates.get(region.name)))  # fmt: skip
+        order = [r for r in order if estimates.get(r.name, 0.0) > 0]
+    order = order[:MAX_REGIONS]
     stopped = "done"
     tried: set[tuple[str, ...]] = {base_excluded}
     improved = True

@@ -22,7 +22,7 @@ def add_int8_search_flags(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="S",
-        help="time bound of the latency search in seconds (default 60)",
+        help="time bound of the latency search in seconds (default 30)",
     )
     p.add_argument(
         "--ptq-algos",
