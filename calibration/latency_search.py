@@ -185,8 +185,9 @@ def search(
     if estimates:  # the profile says these save nothing: listed, not measured
         for region in order:
             if estimates.get(region.name, 0.0) <= 0:
-                rows.append(Row(f"+ {region.name}", (region.name,), len(region.nodes), None, None,
-                                None, "profile: no saving", estimates.get(region.name)))  # fmt: skip
+                saved = estimates.get(region.name)
+                rows.append(Row(f"+ {region.name}", (region.name,), len(region.nodes), None,
+                                None, None, "profile: no saving", saved))  # fmt: skip
         order = [r for r in order if estimates.get(r.name, 0.0) > 0]
     order = order[:MAX_REGIONS]
     stopped = "done"

@@ -13,6 +13,7 @@ from torch import nn
 
 from torchship.calibration import ort_quantize
 from torchship.calibration.calibrators import METHODS, compute_ranges
+from torchship.calibration.presets import get_preset
 from torchship.calibration.ptq_algos import (
     _pairs,
     apply_bias_shifts,
@@ -21,7 +22,6 @@ from torchship.calibration.ptq_algos import (
     equalize,
     parse_algos,
 )
-from torchship.calibration.presets import get_preset
 from torchship.calibration.regions import Graph
 from torchship.data import open_data
 from torchship.errors import ConfigError
