@@ -393,6 +393,8 @@ class _Run:
         details = {k: self.report.get(k) for k in keys}
         details["preset"] = (self.report.get("preset") or {}).get("name")
         details["excluded_nodes"] = list(fallback.excluded)
+        if "shipped" in self.report:  # the latency search ran: "int8", or "fp32" when slower
+            details["shipped"] = self.report["shipped"]
         return details
 
     def _prove(self, artifact: Artifact, precision: Precision) -> None:
