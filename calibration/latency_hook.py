@@ -15,6 +15,8 @@ from torchship.calibration.accuracy import compare_accuracy, within_budget
 from torchship.calibration.proof import bench_batch_for
 from torchship.calibration.regions import Graph, find_regions, name_unnamed_nodes
 from torchship.calibration.sensitivity import FallbackResult
+from torchship.interrupts import reraise_interrupt
+from torchship.runtimes.bench import feeds_for_batch
 
 __all__ = ["Shipped", "name_nodes", "choose"]
 
@@ -103,8 +105,6 @@ def choose(run, make, fallback: FallbackResult) -> Shipped:
 
 def _profile(run, pre: Path, base: Path, batch: int, regions) -> tuple[dict, dict]:
     """Per-node kernel time of the INT8 start and the FP32 graph; estimated saving per region."""
-    from torchship.runtimes.bench import feeds_for_batch
-
     try:
         feeds = feeds_for_batch(run.source, batch=batch, seed=0)
         graph = Graph.load(pre)
@@ -114,8 +114,6 @@ def _profile(run, pre: Path, base: Path, batch: int, regions) -> tuple[dict, dic
         fp32 = latency_search.attribute(latency_search.profile_nodes(pre, feeds, threads=threads),
                                         graph)  # fmt: skip
     except Exception as exc:  # the profile only orders the search; timing decides
-        from torchship.interrupts import reraise_interrupt
-
         reraise_interrupt(exc)
         log.info("profiling failed (%s): searching in the default order", exc)
         return {"error": str(exc)}, {}

@@ -19,7 +19,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,8 @@ import numpy as np
 from torchship.artifact import Artifact
 from torchship.calibration.accuracy import Accuracy, within_budget
 from torchship.calibration.regions import Graph, Region
+from torchship.runtimes.bench import feeds_for_batch
+from torchship.runtimes.interleaved import interleaved_rounds, runner_session
 
 __all__ = [
     "Row",
@@ -150,104 +152,108 @@ def search(
     faster by `MIN_STEP_GAIN` and within the budget; stop when no step helps or the time is up.
     The best candidate ships only if a confirming measurement also finds it faster than FP32.
     """
-    start = clock()
-    estimates = estimates or {}
-    accuracy_cache: dict[tuple[str, ...], Accuracy] = {}
+    greedy = _Greedy(build, measure, evaluate, max_drop, time_budget_s, estimates or {}, clock)
+    return greedy.run(regions, base_excluded)
 
-    def accuracy(excluded: tuple[str, ...]) -> Accuracy:
-        if excluded not in accuracy_cache:
-            accuracy_cache[excluded] = evaluate(excluded)
-        return accuracy_cache[excluded]
 
-    def out_of_time() -> bool:
-        return clock() - start > time_budget_s
+@dataclass
+class _Greedy:
+    build: Build
+    measure: Measure
+    evaluate: Evaluate
+    max_drop: float
+    time_budget_s: float
+    estimates: dict[str, float]
+    clock: Callable[[], float]
 
-    rows: list[Row] = []
-    base_acc = accuracy(base_excluded)
-    base_ratio = measure(build(base_excluded))
-    base_ok = within_budget(base_acc.drop, max_drop)
-    rows.append(
-        Row(
-            "INT8 (all quantized)" if not base_excluded else "INT8 (accuracy fallback)",
-            (),
-            len(base_excluded),
-            base_ratio,
-            base_acc.drop,
-            base_ok,
-            "start",
-        )  # fmt: skip
-    )
-    best: tuple[tuple[str, ...], tuple[str, ...], float] | None = (
-        (base_excluded, (), base_ratio) if base_ok else None
-    )
-    current, current_regions, current_ratio = base_excluded, (), base_ratio
-    order = sorted(regions, key=lambda r: -estimates.get(r.name, 0.0))
-    if estimates:  # the profile says these save nothing: listed, not measured
-        for region in order:
-            if estimates.get(region.name, 0.0) <= 0:
-                saved = estimates.get(region.name)
-                rows.append(Row(f"+ {region.name}", (region.name,), len(region.nodes), None,
-                                None, None, "profile: no saving", saved))  # fmt: skip
-        order = [r for r in order if estimates.get(r.name, 0.0) > 0]
-    order = order[:MAX_REGIONS]
-    stopped = "done"
-    tried: set[tuple[str, ...]] = {base_excluded}
-    improved = True
-    while improved:
-        improved = False
-        for region in order:
-            if region.name in current_regions:
-                continue
-            candidate = tuple(dict.fromkeys((*current, *region.nodes)))
-            if candidate in tried:
-                continue
-            if out_of_time():
-                stopped = f"time budget ({time_budget_s:g} s) spent"
+    def __post_init__(self) -> None:
+        self.start = self.clock()
+        self.rows: list[Row] = []
+        self.accuracies: dict[tuple[str, ...], Accuracy] = {}
+        self.stopped = "done"
+
+    def accuracy(self, excluded: tuple[str, ...]) -> Accuracy:
+        if excluded not in self.accuracies:
+            self.accuracies[excluded] = self.evaluate(excluded)
+        return self.accuracies[excluded]
+
+    def run(self, regions: Sequence[Region], base: tuple[str, ...]) -> SearchResult:
+        accuracy, ratio = self.accuracy(base), self.measure(self.build(base))
+        ok = within_budget(accuracy.drop, self.max_drop)
+        label = "INT8 (accuracy fallback)" if base else "INT8 (all quantized)"
+        self.rows.append(Row(label, (), len(base), ratio, accuracy.drop, ok, "start"))
+        best = (base, (), ratio) if ok else None
+        order = self._order(regions)
+        tried = {base}
+        while best is not None and self.stopped == "done":
+            step = self._next_step(order, best, tried)
+            if step is None:
                 break
-            tried.add(candidate)
-            ratio = measure(build(candidate))
-            label = f"+ {region.name}"
-            regions_now = (*current_regions, region.name)
-            if ratio > current_ratio * (1 - MIN_STEP_GAIN):
-                rows.append(Row(label, regions_now, len(candidate), ratio, None, None,
-                                "not faster", estimates.get(region.name)))  # fmt: skip
+            best = step
+        return self._finish(best)
+
+    def _order(self, regions: Sequence[Region]) -> list[Region]:
+        """By the profile's estimated saving; families it says save nothing are only listed."""
+        order = sorted(regions, key=lambda r: -self.estimates.get(r.name, 0.0))
+        if self.estimates:
+            for region in order:
+                saved = self.estimates.get(region.name, 0.0)
+                if saved <= 0:
+                    row = Row(f"+ {region.name}", (region.name,), len(region.nodes), None, None,
+                              None, "profile: no saving", saved)  # fmt: skip
+                    self.rows.append(row)
+            order = [r for r in order if self.estimates.get(r.name, 0.0) > 0]
+        return order[:MAX_REGIONS]
+
+    def _next_step(self, order, current, tried):
+        """The first family that makes `current` faster within the budget, or None."""
+        excluded, names, ratio_now = current
+        for region in order:
+            candidate = tuple(dict.fromkeys((*excluded, *region.nodes)))
+            if region.name in names or candidate in tried:
                 continue
-            acc = accuracy(candidate)
-            ok = within_budget(acc.drop, max_drop)
-            verdict = "kept" if ok else "over the accuracy budget"
-            rows.append(Row(label, regions_now, len(candidate), ratio, acc.drop, ok, verdict,
-                            estimates.get(region.name)))  # fmt: skip
+            if self.clock() - self.start > self.time_budget_s:
+                self.stopped = f"time budget ({self.time_budget_s:g} s) spent"
+                return None
+            tried.add(candidate)
+            ratio = self.measure(self.build(candidate))
+            regions_now = (*names, region.name)
+            saved = self.estimates.get(region.name)
+            row = (f"+ {region.name}", regions_now, len(candidate), ratio)
+            if ratio > ratio_now * (1 - MIN_STEP_GAIN):
+                self.rows.append(Row(*row, None, None, "not faster", saved))
+                continue
+            drop = self.accuracy(candidate).drop
+            ok = within_budget(drop, self.max_drop)
+            self.rows.append(Row(*row, drop, ok, "kept" if ok else "over the accuracy budget",
+                                 saved))  # fmt: skip
             if ok:
-                current, current_regions, current_ratio = candidate, regions_now, ratio
-                best = (candidate, regions_now, ratio)
-                improved = True
-                break  # re-scan from the top with the new base
-        if stopped != "done":
-            break
-    elapsed = clock() - start
-    if best is None:
-        reason = "no INT8 candidate met the accuracy budget"
-        return SearchResult(None, (), tuple(rows), reason, stopped, elapsed)
-    excluded, names, ratio = best
-    if ratio >= 1.0 - MIN_GAIN_VS_FP32:
-        reason = (
-            f"no INT8 candidate beat FP32: the fastest within the budget measured "
-            f"{1 / ratio:.2f}x FP32"
-        )
-        return SearchResult(None, (), tuple(rows), reason, stopped, elapsed)
-    confirmed = measure(build(excluded))
-    rows.append(Row("confirm: " + (", ".join(names) or "all quantized"), names, len(excluded),
-                    confirmed, accuracy(excluded).drop, True, "confirmation"))  # fmt: skip
-    elapsed = clock() - start
-    if confirmed >= 1.0 - MIN_GAIN_VS_FP32:
-        reason = (
-            f"the fastest INT8 candidate measured {1 / ratio:.2f}x FP32 but {1 / confirmed:.2f}x "
-            "when measured again: not reliably faster than FP32"
-        )
-        return SearchResult(None, (), tuple(rows), reason, stopped, elapsed, confirmed)
-    mean = statistics.mean((ratio, confirmed))
-    reason = f"fastest within the budget: {1 / mean:.2f}x FP32"
-    return SearchResult(excluded, names, tuple(rows), reason, stopped, elapsed, confirmed)
+                return candidate, regions_now, ratio
+        return None
+
+    def _finish(self, best) -> SearchResult:
+        def result(excluded, names, reason, confirmed=None) -> SearchResult:
+            elapsed = self.clock() - self.start
+            return SearchResult(excluded, names, tuple(self.rows), reason, self.stopped,
+                                elapsed, confirmed)  # fmt: skip
+
+        if best is None:
+            return result(None, (), "no INT8 candidate met the accuracy budget")
+        excluded, names, ratio = best
+        if ratio >= 1.0 - MIN_GAIN_VS_FP32:
+            return result(None, (), "no INT8 candidate beat FP32: the fastest within the budget "
+                          f"measured {1 / ratio:.2f}x FP32")  # fmt: skip
+        confirmed = self.measure(self.build(excluded))
+        self.rows.append(Row("confirm: " + (", ".join(names) or "all quantized"), names,
+                             len(excluded), confirmed, self.accuracy(excluded).drop, True,
+                             "confirmation"))  # fmt: skip
+        if confirmed >= 1.0 - MIN_GAIN_VS_FP32:
+            return result(None, (), f"the fastest INT8 candidate measured {1 / ratio:.2f}x FP32 "
+                          f"but {1 / confirmed:.2f}x when measured again: not reliably faster "
+                          "than FP32", confirmed)  # fmt: skip
+        mean = statistics.mean((ratio, confirmed))
+        return result(excluded, names, f"fastest within the budget: {1 / mean:.2f}x FP32",
+                      confirmed)  # fmt: skip
 
 
 # --- measurement ---------------------------------------------------------------------------------
@@ -263,11 +269,6 @@ def measure_ratio(
     round_s: float = 0.08,
 ) -> float:
     """Candidate p50 / FP32 p50 on ort-cpu, timed in interleaved rounds (runtimes.interleaved)."""
-    from dataclasses import replace
-
-    from torchship.runtimes.bench import feeds_for_batch
-    from torchship.runtimes.interleaved import interleaved_rounds, runner_session
-
     feeds = feeds_for_batch(fp32, batch=batch, seed=0)
     other = replace(fp32, path=Path(candidate))
     probe = interleaved_rounds(

@@ -26,7 +26,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from torchship.calibration import ort_quantize
 from torchship.calibration.accuracy import Accuracy, within_budget
+from torchship.calibration.calibrators import METHODS, compute_ranges
 from torchship.calibration.regions import Graph
 from torchship.data import DataSet, ShortBatch
 from torchship.errors import ConfigError
@@ -357,9 +359,6 @@ class Variants:
 
     def _equalized(self) -> tuple[Path, Path]:
         if self._cle is None:
-            from torchship.calibration import ort_quantize
-            from torchship.calibration.calibrators import compute_ranges
-
             path = self.tmp / "cle.onnx"
             self.details["cle"] = equalize(self.pre, path)
             ranges = compute_ranges(
@@ -369,9 +368,6 @@ class Variants:
         return self._cle
 
     def _bias_corrected(self, source: Path, ranges: Path, excluded: tuple[str, ...]) -> Path:
-        from torchship.calibration import ort_quantize
-        from torchship.calibration.calibrators import METHODS
-
         base = ("cle",) if "cle" in self.key else ()
         if base not in self._shifts:
             probe = self.tmp / f"bias-probe{len(self._shifts)}.onnx"
