@@ -104,20 +104,9 @@ def equalize(src: Path, dst: Path) -> dict:
             high = float(weights[act.input[2]])
             caps[act.name] = np.full(weights[conv1.input[1]].shape[0], high)
     before = [_pair_spread(weights, c1, c2) for c1, _, c2 in pairs]
-    for _ in range(_CLE_ROUNDS):
-        for conv1, act, conv2 in pairs:
-            scale = _scales(weights, conv1, conv2)
-            w1 = weights[conv1.input[1]]
-            weights[conv1.input[1]] = w1 / scale.reshape(-1, *([1] * (w1.ndim - 1)))
-            if len(conv1.input) > 2 and conv1.input[2]:
-                weights[conv1.input[2]] = weights[conv1.input[2]] / scale
-            w2 = weights[conv2.input[1]]
-            if g.attr(conv2, "group", 1) == 1:
-                weights[conv2.input[1]] = w2 * scale.reshape(1, -1, *([1] * (w2.ndim - 2)))
-            else:
-                weights[conv2.input[1]] = w2 * scale.reshape(-1, *([1] * (w2.ndim - 1)))
-            if act is not None and act.name in caps:
-                caps[act.name] = caps[act.name] / scale
+    for _ in range(_CLE_ROUNDS):  # a conv in two pairs moves again: iterate to a fixed point
+        for pair in pairs:
+            _equalize_pair(weights, caps, *pair)
     after = [_pair_spread(weights, c1, c2) for c1, _, c2 in pairs]
     changed = {n for c1, _, c2 in pairs for n in (c1.input[1], c2.input[1])}
     changed |= {c1.input[2] for c1, _, _ in pairs if len(c1.input) > 2 and c1.input[2]}
@@ -133,6 +122,22 @@ def equalize(src: Path, dst: Path) -> dict:
         "mean_channel_range_spread_before": round(float(np.mean(before)), 4) if before else None,
         "mean_channel_range_spread_after": round(float(np.mean(after)), 4) if after else None,
     }
+
+
+def _equalize_pair(weights: dict, caps: dict, conv1, act, conv2) -> None:
+    """Scale conv1's output channels by 1/s and conv2's input channels by s (in `weights`)."""
+    scale = _scales(weights, conv1, conv2)
+    w1 = weights[conv1.input[1]]
+    weights[conv1.input[1]] = w1 / scale.reshape(-1, *([1] * (w1.ndim - 1)))
+    if len(conv1.input) > 2 and conv1.input[2]:
+        weights[conv1.input[2]] = weights[conv1.input[2]] / scale
+    w2 = weights[conv2.input[1]]
+    if _group(conv2) == 1:
+        weights[conv2.input[1]] = w2 * scale.reshape(1, -1, *([1] * (w2.ndim - 2)))
+    else:  # depthwise: input channel i is output channel i
+        weights[conv2.input[1]] = w2 * scale.reshape(-1, *([1] * (w2.ndim - 1)))
+    if act is not None and act.name in caps:
+        caps[act.name] = caps[act.name] / scale
 
 
 def _use_counts(model: onnx.ModelProto) -> dict[str, int]:
