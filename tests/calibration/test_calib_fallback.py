@@ -11,7 +11,7 @@ from torchship.calibration.accuracy import Accuracy
 from torchship.calibration.sensitivity import fallback_loop
 from torchship.cli.main import main
 
-FAST = {"bench": False, "threads": 2, "target": "cpu-x86-vnni"}
+FAST = {"bench": False, "threads": 2, "target": "cpu-x86-vnni", "latency_search": False}
 
 
 def test_sensitive_layer_is_kept_in_fp32_within_budget(tmp_path, sensitive_case):
