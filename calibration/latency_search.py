@@ -47,8 +47,9 @@ DEFAULT_TIME_S = 30.0
 MAX_REGIONS = 8
 #: A step must cut latency by this share to be kept (below it, timing noise decides).
 MIN_STEP_GAIN = 0.02
-#: The shipped INT8 must be at least this much faster than FP32 in both measurements.
-MIN_GAIN_VS_FP32 = 0.0
+#: The shipped INT8 must be at least this much faster than FP32 in both measurements: the pruned
+#: demo's INT8 confirmed at 1.003x once, then timed 0.99x in the ship table (noise, not a gain).
+MIN_GAIN_VS_FP32 = 0.05
 
 #: measure(candidate path) -> candidate p50 / FP32 p50 (< 1: faster than FP32)
 Measure = Callable[[Path], float]
@@ -241,15 +242,15 @@ class _Greedy:
             return result(None, (), "no INT8 candidate met the accuracy budget")
         excluded, names, ratio = best
         if ratio >= 1.0 - MIN_GAIN_VS_FP32:
-            return result(None, (), "no INT8 candidate beat FP32: the fastest within the budget "
-                          f"measured {1 / ratio:.2f}x FP32")  # fmt: skip
+            return result(None, (), "no INT8 candidate beat FP32 by 5%: the fastest within the "
+                          f"budget measured {1 / ratio:.2f}x FP32")  # fmt: skip
         confirmed = self.measure(self.build(excluded))
         self.rows.append(Row("confirm: " + (", ".join(names) or "all quantized"), names,
                              len(excluded), confirmed, self.accuracy(excluded).drop, True,
                              "confirmation"))  # fmt: skip
         if confirmed >= 1.0 - MIN_GAIN_VS_FP32:
             return result(None, (), f"the fastest INT8 candidate measured {1 / ratio:.2f}x FP32 "
-                          f"but {1 / confirmed:.2f}x when measured again: not reliably faster "
+                          f"but {1 / confirmed:.2f}x when measured again: not reliably 5% faster "
                           "than FP32", confirmed)  # fmt: skip
         mean = statistics.mean((ratio, confirmed))
         return result(excluded, names, f"fastest within the budget: {1 / mean:.2f}x FP32",

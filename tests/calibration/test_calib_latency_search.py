@@ -79,6 +79,8 @@ def _search(ratios, drops=None, *, time_budget_s=60.0):
 def test_search_never_ships_a_candidate_slower_than_fp32():
     result, _ = _search(1.3)  # every INT8 candidate 1.3x slower than FP32
     assert result.ships_fp32 and "no INT8 candidate beat FP32" in result.reason
+    noise, _ = _search(0.98)  # 2% faster is within timing noise: FP32 still ships
+    assert noise.ships_fp32
     assert all(r.latency_ratio is None or r.latency_ratio >= 1 for r in result.rows)
 
 
@@ -96,7 +98,7 @@ def test_search_rejects_a_faster_candidate_over_budget():
 
 
 def test_search_ships_fp32_when_the_confirmation_is_slower():
-    result, _ = _search({"": [0.95, 1.05], "a,b": 1.2, "c": 1.2})
+    result, _ = _search({"": [0.8, 1.05], "a,b": 1.2, "c": 1.2})
     assert result.ships_fp32 and "measured again" in result.reason
 
 
