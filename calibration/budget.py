@@ -23,7 +23,7 @@ from torchship.data import DataSet
 from torchship.errors import ConfigError
 from torchship.runtimes.evaluate import EvalOutputs
 
-__all__ = ["BudgetOptions", "BudgetOutcome", "check_budget", "nothing_quantized"]
+__all__ = ["BudgetCheck", "BudgetOptions", "BudgetOutcome", "check_budget", "nothing_quantized"]
 
 log = logging.getLogger(__name__)
 
@@ -79,22 +79,57 @@ class BudgetOptions:
 
 
 @dataclass(frozen=True)
-class BudgetOutcome:
-    result: FallbackResult
+class BudgetCheck:
+    """The chosen metric and budget, the FP32 reference and `evaluate(excluded)`: what the
+    fallback and the searches that run before or after it (PTQ algorithms, latency) judge by."""
+
     choice: MetricChoice
     budget: Budget
     reference: EvalOutputs
+    evaluate: Callable[[tuple[str, ...]], Accuracy]
 
-    def report(self) -> dict:
+    def within(self, accuracy: Accuracy) -> bool:
+        return self.budget.holds(accuracy.budget_value)
+
+    def loss(self, accuracy: Accuracy) -> float:
+        """Lower is better, whatever the metric (to pick the best of several candidates)."""
+        value = accuracy.budget_value
+        return -value if self.budget.higher_is_better else value
+
+    def same(self) -> Accuracy:
+        """FP32 against itself: the accuracy of shipping the FP32 model."""
+        return compare_accuracy(self.reference, self.reference, metric=self.choice.metric)
+
+    def report(self, accuracy: Accuracy) -> dict:
         """The report's `accuracy` dict: every measure, the metric, its value and budget."""
-        accuracy = self.result.accuracy
         return {
             **accuracy.to_dict(),
             "chosen_by": self.choice.reason,
             "budget": self.budget.limit,
             "budget_flag": self.budget.flag,
-            "passed": self.result.passed,
+            "passed": self.within(accuracy),
         }
+
+
+@dataclass(frozen=True)
+class BudgetOutcome:
+    result: FallbackResult
+    check: BudgetCheck
+
+    @property
+    def choice(self) -> MetricChoice:
+        return self.check.choice
+
+    @property
+    def budget(self) -> Budget:
+        return self.check.budget
+
+    @property
+    def reference(self) -> EvalOutputs:
+        return self.check.reference
+
+    def report(self) -> dict:
+        return {**self.check.report(self.result.accuracy), "passed": self.result.passed}
 
 
 def check_budget(
@@ -107,10 +142,12 @@ def check_budget(
     ranking_model: Path | None = None,
     scratch: Path,
     task: str | None = None,
+    before_fallback: Callable[[BudgetCheck], None] | None = None,
 ) -> BudgetOutcome:
     """Score `make(())` against the FP32 `source` on `data` and fall back while the budget is
     missed. `ranking_model` is the FP32 graph the candidates' names come from (default
-    `source`); the fallback is skipped when `candidates` is empty."""
+    `source`); the fallback is skipped when `candidates` is empty. `before_fallback(check)`
+    runs first (the PTQ algorithms choose what `make` builds there)."""
     opts = options or BudgetOptions()
     reference = run_eval(source, data, threads=opts.threads)
     choice = choose_metric(
@@ -133,11 +170,14 @@ def check_budget(
             ranking_model or source, make(()), names, data, scratch=scratch, threads=opts.threads
         )
 
+    check = BudgetCheck(choice, budget, reference, evaluate)
+    if before_fallback is not None:
+        before_fallback(check)
     result = fallback_loop(
         candidates, evaluate, budget=budget, rank=rank,
         max_excluded=opts.max_excluded, max_time_s=opts.max_time_s,
     )  # fmt: skip
-    return BudgetOutcome(result, choice, budget, reference)
+    return BudgetOutcome(result, check)
 
 
 def nothing_quantized(counts: OpCounts, result: FallbackResult | None) -> str | None:

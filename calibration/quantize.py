@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from torchship.artifact import Artifact, Format, Precision
-from torchship.calibration import ort_quantize
+from torchship.calibration import latency_hook, ort_quantize, ptq_algos
 from torchship.calibration.accuracy import near_chance_warning
 from torchship.calibration.budget import (
+    BudgetCheck,
     BudgetOptions,
     BudgetOutcome,
     check_budget,
@@ -75,6 +76,11 @@ class QuantizeOptions:
     bench_batch: int | None = None  # default: 8 with a dynamic batch, else the fixed one
     bench_min_time_s: float = 0.5
     threads: int | None = None
+    #: measured region search (calibration.latency_search); None: on for the CPU presets
+    latency_search: bool | None = None
+    latency_search_time_s: float | None = None  # default: latency_search.DEFAULT_TIME_S
+    #: PTQ algorithms (calibration.ptq_algos): None tries them when the budget is missed
+    ptq_algos: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         for name, kind in (("mode", Mode), ("precision", Precision)):
@@ -94,6 +100,12 @@ class QuantizeOptions:
             raise ConfigError(f"--max-fp32-nodes {self.max_excluded}: must be >= 0")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads {self.threads}: must be >= 1")
+        if self.latency_search_time_s is not None and self.latency_search_time_s <= 0:
+            raise ConfigError(
+                f"--latency-search-time {self.latency_search_time_s}: must be > 0 seconds"
+            )
+        if self.ptq_algos is not None:
+            object.__setattr__(self, "ptq_algos", ptq_algos.parse_algos(self.ptq_algos))
 
     def budget_options(self) -> BudgetOptions:
         return BudgetOptions(
@@ -226,6 +238,7 @@ class _Run:
         self.calib_arg, self.eval_arg = calib, eval_data
         self.warnings: list[str] = []
         self.report: dict = {"source": source.path.name, "source_sha256": source.sha256}
+        self.algos = ptq_algos.Variants.none()
         self._made: dict[tuple[str, ...], Path] = {}
 
     def warn(self, message: str) -> None:
@@ -241,8 +254,13 @@ class _Run:
         else:
             make, accuracy_budget = self._static(stage), True
         fallback = self._check_accuracy(make, allow_fallback=accuracy_budget)
-        shutil.copyfile(self._made[fallback.excluded], target)
-        details = self._details(fallback)
+        shipped = latency_hook.choose(self, make, fallback)  # docs/design.md, "INT8 on CPU"
+        if shipped.ships_fp32:
+            shutil.copyfile(self.source.path, target)
+            precision = Precision.FP32
+        else:
+            shutil.copyfile(make(shipped.excluded), target)
+        details = self._details(shipped.fallback)
         artifact = Artifact.create(
             target,
             format=Format.ONNX,
@@ -259,11 +277,12 @@ class _Run:
         if problem:
             self.warn(problem)
         failures = self.report["failures"] = []
-        empty = nothing_quantized(self.counts, fallback)
+        # shipping FP32 because INT8 was slower is a decision, not "nothing quantized"
+        empty = None if shipped.ships_fp32 else nothing_quantized(self.counts, shipped.fallback)
         if precision is Precision.INT8 and empty:
             failures.append(empty)
             self.warn(empty)
-        passed = fallback.passed and self.report["parity"]["passed"] and not failures
+        passed = shipped.fallback.passed and self.report["parity"]["passed"] and not failures
         self.report["passed"] = passed
         self.report["warnings"] = self.warnings
         return artifact, self.report
@@ -271,11 +290,12 @@ class _Run:
     # --- candidates ---------------------------------------------------------------------------
 
     def _candidate(self, excluded: tuple[str, ...], build: Callable[[Path, tuple], None]) -> Path:
-        if excluded not in self._made:
+        key = (*self.algos.key, "|", *excluded)  # one model per PTQ variant and exclusion set
+        if key not in self._made:
             path = self.tmp / f"candidate{len(self._made)}.onnx"
             build(path, excluded)
-            self._made[excluded] = path
-        return self._made[excluded]
+            self._made[key] = path
+        return self._made[key]
 
     def _static(self, stage: Path) -> Callable[[tuple[str, ...]], Path]:
         opts = self.opts
@@ -283,6 +303,7 @@ class _Run:
         method = opts.method or "minmax"
         pre = self.pre = self.tmp / "preprocessed.onnx"
         self.report["preprocessing"] = ort_quantize.preprocess(self.source.path, pre)
+        latency_hook.name_nodes(pre)  # region exclusions name every node
         self.calib = self._calib_data(required=True)
         ranges = compute_ranges(
             pre, self.calib, method=method, symmetric=preset.symmetric_activations
@@ -301,10 +322,16 @@ class _Run:
         self.candidates = ort_quantize.weight_op_nodes(pre)
         ort_method = METHODS.get(method).ort_method()
 
+        self.algos = ptq_algos.Variants(
+            pre, self.calib, self.tmp, preset=preset, method=method, ranges_cache=cache
+        )
+
         def build(path: Path, excluded: tuple) -> None:
+            source, ranges = self.algos.source_for(excluded)
             ort_quantize.quantize_static_qdq(
-                pre, path, preset=preset, method=ort_method, ranges_cache=cache, exclude=excluded
-            )
+                source, path, preset=preset, method=ort_method, ranges_cache=ranges,
+                exclude=excluded,
+            )  # fmt: skip
 
         return lambda excluded: self._candidate(excluded, build)
 
@@ -380,14 +407,25 @@ class _Run:
             self.source.path, make, self.candidates if allow_fallback else [], data,
             options=options, ranking_model=self.pre, scratch=self.tmp,
             task=recorded_task(self.source.path, self.source.details),
+            before_fallback=self._ptq_algorithms if allow_fallback else None,
         )  # fmt: skip
         chance = near_chance_warning(outcome.reference)
         if chance:
             self.warn(chance)
+        self.budget_check = outcome.check  # for latency_hook
         self._report_accuracy(outcome, options)
         if data.padded:
             log.info("eval: %d padding rows filled the fixed batch (not scored)", data.padded)
         return outcome.result
+
+    def _ptq_algorithms(self, check: BudgetCheck) -> None:
+        """CLE / bias correction before any node falls back to FP32 (docs/design.md, "INT8
+        on CPU"): they choose what `make` builds from here on."""
+        if self.algos.available:
+            self.report["ptq_algorithms"] = self.algos.choose(
+                check.evaluate, within=check.within, loss=check.loss,
+                requested=self.opts.ptq_algos,
+            )  # fmt: skip
 
     def _report_accuracy(self, outcome: BudgetOutcome, options: BudgetOptions) -> None:
         result, budget = outcome.result, outcome.budget
@@ -414,6 +452,8 @@ class _Run:
         details = {k: self.report.get(k) for k in keys}
         details["preset"] = (self.report.get("preset") or {}).get("name")
         details["excluded_nodes"] = list(fallback.excluded)
+        if "shipped" in self.report:  # the latency search ran: "int8", or "fp32" when slower
+            details["shipped"] = self.report["shipped"]
         return details
 
     def _prove(self, artifact: Artifact, precision: Precision) -> None:

@@ -4,7 +4,14 @@ For the demo (digits, labelled) and a ResNet-18-style CNN at 64x64 (seeded rando
 accuracy = top-1 agreement with FP32 on held-out random images), batches 1 and 8, 2 threads,
 one run. Prints a Markdown table, the CPU flags, and where the auto preset's INT8 time goes.
 
-    /work/venv/bin/python scripts/bench_int8.py [--min-time 1.0] [--out bench_int8.md]
+Then the nets where INT8 can run slower than FP32 (`--cases mobile`): a MobileNetV3-style net
+(hardswish, hard-sigmoid squeeze-excite, depthwise) and an EfficientNet-style net (SiLU,
+sigmoid squeeze-excite), trained for a few epochs on the shipped digits (3x64x64): FP32, the
+old default (`--no-latency-search`), the latency-aware default, ORT's default S8S8 and the
+hand-tuned U8S8 per-channel peer, at a 0.5-point budget; and CLE / bias correction on a
+MobileNetV2-style net with the `tensorrt` preset (S8S8): the drop before and after.
+
+    /work/venv/bin/python scripts/bench_int8.py [--min-time 1.0] [--cases all|presets|mobile]
 """
 
 from __future__ import annotations
@@ -172,22 +179,153 @@ def profile_ops(path: Path, batch: int = 8, iters: int = 50) -> list[tuple[str, 
     return [(op, 100 * t / whole) for op, t in totals.most_common(6)]
 
 
+def digits_64(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The shipped digits as 3x64x64 images (each pixel 2x2, grey in all three channels)."""
+    images, labels = demo_dataset(split)
+    big = np.repeat(np.repeat(images, 2, axis=2), 2, axis=3)
+    return np.ascontiguousarray(np.repeat(big, 3, axis=1)), labels
+
+
+def train_briefly(module, epochs: int, seed: int = 0):
+    """A few epochs of Adam on the digits' train split (the point is a real, trained net)."""
+    import torch
+
+    torch.manual_seed(seed)
+    images, labels = digits_64("train")
+    x, y = torch.from_numpy(images), torch.from_numpy(labels)
+    optimizer = torch.optim.Adam(module.parameters(), lr=3e-3)
+    module.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x))
+        for start in range(0, len(x), 64):
+            batch = order[start : start + 64]
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(module(x[batch]), y[batch]).backward()
+            optimizer.step()
+    return module.eval()
+
+
+def mobile_case(root: Path, name: str, module, epochs: int) -> Case:
+    from torchship.specs import InputSpec
+
+    module = train_briefly(module, epochs)
+    spec = (InputSpec("image", "float32", (8, 3, 64, 64), dynamic={0: "batch"}),)
+    model = LoadedModel(module, spec, ("logits",), source=f"bench:{name}")
+    (fp32,) = export_model(
+        model, root / name, formats=["onnx"], options=ExportOptions(dynamo=False)
+    )
+    train, _ = digits_64("train")
+    images, labels = digits_64("test")
+    return Case(name, fp32, {"image": train[:256]}, {"image": images, "labels": labels}, 0.5)
+
+
+def run_mobile_case(case: Case, root: Path, min_time: float, search_s: float) -> list[str]:
+    """FP32, old default, latency-aware default and the ORT peers at batch 8, one run."""
+    data = open_data(case.evaluation, inputs=case.fp32.inputs)
+    reference = run_eval(case.fp32.path, data, threads=THREADS)
+    base = p50(case.fp32, 8, min_time)
+    top1 = float(np.mean(reference.logits.argmax(1) == case.evaluation["labels"]))
+    rows = [f"| {case.name} | FP32 (top-1 {100 * top1:.1f}%) | {base:.3f} ms | 1.00x | - | |"]
+    configs = {
+        "old default (auto, --no-latency-search)": dict(latency_search=False),
+        "torchship default (latency-aware)": dict(latency_search_time_s=search_s),
+    }
+    for label, extra in configs.items():
+        options = QuantizeOptions(max_drop=case.max_drop, bench=False, threads=THREADS, **extra)
+        result = quantize(
+            case.fp32, root / label.split()[0], calib=case.calib, eval_data=case.evaluation,
+            options=options,
+        )  # fmt: skip
+        search = result.report.get("latency_search") or {}
+        note = f"ships {search.get('shipped', 'int8').upper()}"
+        if search.get("excluded_regions"):
+            note += ": FP32 " + ", ".join(search["excluded_regions"])
+        rows.append(_mobile_row(case, label, result.artifact, base, min_time, data, reference,
+                                note))  # fmt: skip
+        if search.get("ran"):
+            rows += [f"|  | search: {line} | | | | |" for line in _search_lines(search)]
+    for label, (a, w, pc) in {
+        "ORT default (S8S8 per-tensor)": ("s8", "s8", False),
+        "hand: U8S8 per-channel": ("u8", "s8", True),
+    }.items():
+        path = hand_tuned(case, root / f"{label.split()[0]}-{a}{w}{pc}.onnx", activations=a,
+                          weights=w, per_channel=pc)  # fmt: skip
+        rows.append(_mobile_row(case, label, as_artifact(case, path), base, min_time, data,
+                                reference, ""))  # fmt: skip
+    return rows
+
+
+def _search_lines(search: dict) -> list[str]:
+    lines = []
+    for row in search["table"]:
+        ratio = row["latency_ratio_vs_fp32"]
+        speed = "-" if not ratio else f"{1 / ratio:.2f}x"
+        drop = "-" if row["drop"] is None else f"{row['drop']:.2f}"
+        lines.append(f"{row['candidate']} -> {speed}, drop {drop} ({row['verdict']})")
+    return lines
+
+
+def _mobile_row(case, label, artifact, base, min_time, data, reference, note) -> str:
+    """Speedup from interleaved FP32/INT8 rounds (robust to load drifting during the run)."""
+    from torchship.calibration.latency_search import measure_ratio
+
+    accuracy = compare_accuracy(run_eval(artifact.path, data, threads=THREADS), reference)
+    ratio = measure_ratio(case.fp32, artifact.path, batch=8, threads=THREADS, rounds=8,
+                          round_s=max(0.05, min_time / 8))  # fmt: skip
+    return (
+        f"| {case.name} | {label} | {base * ratio:.3f} ms | {1 / ratio:.2f}x | "
+        f"{accuracy.drop:.2f} | {note} |"
+    )
+
+
+def ptq_rows(root: Path, epochs: int) -> list[str]:
+    """CLE / bias correction on a MobileNetV2-style net, `tensorrt` preset (S8S8)."""
+    from torchship.models.mobile import MobileNetV2Style
+
+    case = mobile_case(root, "mobilenetv2-style", MobileNetV2Style(), epochs)
+    rows = []
+    for algos in ("none", "cle", "bias-correction", "cle,bias-correction"):
+        options = QuantizeOptions(
+            target="tensorrt", max_drop=100.0, bench=False, threads=THREADS, ptq_algos=algos
+        )
+        result = quantize(
+            case.fp32, root / f"trt-{algos}", calib=case.calib, eval_data=case.evaluation,
+            options=options,
+        )  # fmt: skip
+        accuracy = result.report["accuracy"]
+        rows.append(
+            f"| {case.name} | tensorrt preset, PTQ: {algos} | {accuracy['drop']:.2f} | "
+            f"{100 * accuracy['top1']:.2f}% | {100 * accuracy['fp32_top1']:.2f}% | "
+            f"{100 * accuracy['agreement']:.2f}% | {accuracy['cosine']:.5f} |"
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--min-time", type=float, default=1.0, help="timed seconds per p50")
+    parser.add_argument("--cases", default="all", choices=("all", "presets", "mobile"))
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs of the mobile nets")
+    parser.add_argument("--search-time", type=float, default=30.0, help="latency search bound")
     parser.add_argument("--out", help="also write the Markdown here")
     args = parser.parse_args()
     machine = machine_fingerprint()
     flags = ", ".join(f for f, on in machine["isa"].items() if on)
     lines = [f"CPU: {machine['cpu_model']} ({machine['logical_cores']} logical cores)"]
-    lines += [f"ISA flags: {flags}", f"threads {THREADS}; ratio = FP32 p50 / INT8 p50", ""]
-    lines += [
-        "| model | config | batch 1 | batch 8 | top-1 drop (points) |",
-        "|---|---|---|---|---|",
-    ]
+    lines += [f"ISA flags: {flags}", f"threads {THREADS}; ratio = FP32 p50 / INT8 p50"]
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-int8-") as tmp:
         root = Path(tmp)
+        if args.cases in ("all", "mobile"):
+            lines += mobile_section(root, args)
+        if args.cases == "mobile":
+            lines.append(f"\n(total {time.perf_counter() - start:.0f} s)")
+            print("\n".join(lines))
+            if args.out:
+                Path(args.out).write_text("\n".join(lines) + "\n")
+            return
+        lines += ["", "| model | config | batch 1 | batch 8 | top-1 drop (points) |",
+                  "|---|---|---|---|---|"]  # fmt: skip
         for build in (demo_case, resnet_case):
             case = build(root)
             lines += run_case(case, root / case.name.split()[0], args.min_time)
@@ -200,6 +338,27 @@ def main() -> None:
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
+
+
+def mobile_section(root: Path, args) -> list[str]:
+    from torchship.models.mobile import EfficientNetStyle, MobileNetV3Style
+
+    title = f"Mobile nets, digits 3x64x64, {args.epochs} epochs, batch 8, budget 0.5 points"
+    header = (
+        "| model | config | p50 (FP32 p50 x ratio) | vs FP32 (interleaved) | top-1 drop | note |"
+    )
+    lines = ["", title, "", header, "|---|---|---|---|---|---|"]
+    for name, module in (
+        ("mobilenetv3-style", MobileNetV3Style(width=2.0)),
+        ("efficientnet-style", EfficientNetStyle()),
+    ):
+        case = mobile_case(root, name, module, args.epochs)
+        lines += run_mobile_case(case, root / name / "q", args.min_time, args.search_time)
+    header = "| model | config | top-1 drop | INT8 top-1 | FP32 top-1 | agreement | cosine |"
+    lines += ["", "CLE / bias correction, `tensorrt` preset (S8S8), digits 3x64x64", ""]
+    lines += [header, "|---|---|---|---|---|---|---|"]
+    lines += ptq_rows(root, args.epochs)
+    return lines
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from torchship.calibration.metrics import Budget, Metric
 from torchship.calibration.sensitivity import fallback_loop
 from torchship.cli.main import main
 
-FAST = {"bench": False, "threads": 2, "target": "cpu-x86-vnni"}
+FAST = {"bench": False, "threads": 2, "target": "cpu-x86-vnni", "latency_search": False}
 
 
 def test_sensitive_layer_is_kept_in_fp32_within_budget(tmp_path, sensitive_case):
@@ -136,6 +136,7 @@ def test_fallback_time_limit_from_the_cli(tmp_path, sensitive_case, capsys):
     out = tmp_path / "timed"
     args = ["quantize", str(artifact.path), "--calib", str(calib), "--eval", str(evaluation)]
     args += ["--no-bench", "--target", "cpu-x86-vnni", "--max-fallback-time", "0.001"]
+    args += ["--ptq-algos", "none", "--no-latency-search"]  # the fallback alone
     assert main([*args, "-o", str(out)]) == 1
     report = json.loads((out / "quantize_report.json").read_text())
     assert report["fallback"]["stopped"].startswith("stopped at the --max-fallback-time limit")

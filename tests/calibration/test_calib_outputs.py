@@ -17,7 +17,8 @@ from torchship.cli.main import main
 from torchship.errors import ConfigError
 from torchship.files import sha256_file
 
-FAST = {"bench": False, "threads": 2, "target": "cpu-x86-vnni", "max_drop": 100.0}
+FAST = {"bench": False, "threads": 2, "target": "cpu-x86-vnni", "max_drop": 100.0,
+        "latency_search": False}  # fmt: skip
 
 
 @pytest.fixture()

@@ -121,3 +121,23 @@ def test_ship_rows_mark_an_int8_row_slower_than_its_source_role(tmp_path):
     assert rows[2].drop_points == 0.5
     # without the origin the same row is not judged against anything
     assert ship_rows(measured, {})[2].check == "in budget"
+
+
+def test_ship_rows_say_fp32_shipped_when_the_latency_search_chose_it(tmp_path):
+    """The int8 role then holds the FP32 graph: timing noise must not mark it "slower"."""
+    (tmp_path / "model.onnx").write_bytes(b"x" * 10)
+    (tmp_path / "model.int8.onnx").write_bytes(b"x" * 10)
+    eager = Artifact.eager(torch.nn.Linear(2, 2), inputs=[], outputs=["y"])
+    onnx = Artifact.create(tmp_path / "model.onnx", format=Format.ONNX, inputs=[], outputs=["y"])
+    shipped = Artifact.create(
+        tmp_path / "model.int8.onnx", format=Format.ONNX, inputs=[], outputs=["y"],
+        details={"passed": True, "shipped": "fp32"},
+    )  # fmt: skip
+    measured = [
+        _measured("reference/eager", eager, "torch", 8.0, 0.99),
+        _measured("fp32/onnx", onnx, "ort-cpu", 4.0, 0.99),
+        _measured("int8/onnx", shipped, "ort-cpu", 4.1, 0.99),
+    ]
+    rows = ship_rows(measured, {"int8/onnx": "fp32/onnx"})
+    assert rows[2].check == "in budget, FP32 shipped: INT8 was slower"
+    assert rows[2].precision == "fp32"

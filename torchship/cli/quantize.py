@@ -13,6 +13,7 @@ from torchship.calibration import METHODS, PRESETS, QuantizeOptions, QuantizeRes
 from torchship.calibration.fallback import DEFAULT_MAX_FALLBACK_TIME_S
 from torchship.calibration.metrics import Metric
 from torchship.cli.flags import dump_json, progress
+from torchship.cli.int8_search import add_int8_search_flags, print_latency_search, ptq_algos_from
 from torchship.cli.quantize_pt2e import add_pt2e_flags, quantize_pt2e_command
 from torchship.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError
 from torchship.quantize_pt2e import PT2E_TARGET_NAMES
@@ -62,6 +63,7 @@ def register_quantize(commands) -> None:
     )
     p.add_argument("--no-bench", action="store_true", help="skip the FP32-vs-quantized timing")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads for eval/timing")
+    add_int8_search_flags(p)
     p.add_argument("--json", metavar="OUT", help="write the report as JSON ('-': stdout)")
     p.add_argument("-o", "--output", default=None, help="output directory or .onnx file")
     add_pt2e_flags(p)
@@ -88,6 +90,9 @@ def _quantize(args: argparse.Namespace, *, console: Console, argv: Sequence[str]
         max_fallback_time_s=args.max_fallback_time,
         bench=not args.no_bench,
         threads=args.threads,
+        latency_search=False if args.no_latency_search else None,
+        latency_search_time_s=args.latency_search_time,
+        ptq_algos=ptq_algos_from(args),
     )
     with progress(console) as step:
         step(f"quantizing {args.model}")
@@ -157,6 +162,7 @@ def _print_summary(console: Console, result: QuantizeResult) -> None:
             f"p50 {timing['p50_ms']:.3f} ms vs FP32 {timing['fp32_p50_ms']:.3f} ms "
             f"(batch {timing['batch']}): {timing['speedup']:.2f}x"
         )
+    print_latency_search(console, report)
     for warning in result.warnings:
         console.print(Text.assemble(("warning:", "bold yellow"), f" {warning}"))
     verdict = ("pass", "green") if result.passed else ("FAIL", "bold red")

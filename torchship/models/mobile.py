@@ -1,12 +1,13 @@
-"""MobileNetV2- and MobileNetV3-style CNNs (inverted residuals; V3 adds hardswish and
-squeeze-excite gates), sized for 3x64x64 images: the nets where the best runtime differs.
+"""MobileNetV2-, MobileNetV3- and EfficientNet-style CNNs (inverted residuals; V3 adds
+hardswish and hard-sigmoid squeeze-excite gates, EfficientNet SiLU and sigmoid gates), sized for
+3x64x64 images: the nets where the best runtime differs, and where INT8 can run slower than FP32.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["MobileNetV2Style", "MobileNetV3Style"]
+__all__ = ["EfficientNetStyle", "MobileNetV2Style", "MobileNetV3Style"]
 
 
 def _conv_bn(cin: int, cout: int, kernel: int, *, stride: int = 1, groups: int = 1) -> list:
@@ -18,15 +19,22 @@ def _conv_bn(cin: int, cout: int, kernel: int, *, stride: int = 1, groups: int =
 class SqueezeExcite(nn.Module):
     """Channel gate: global pool -> 1x1 reduce -> ReLU -> 1x1 expand -> hardsigmoid -> scale."""
 
-    def __init__(self, channels: int, *, reduce: int = 4) -> None:
+    def __init__(
+        self,
+        channels: int,
+        *,
+        reduce: int = 4,
+        act: type[nn.Module] = nn.ReLU,
+        gate: type[nn.Module] = nn.Hardsigmoid,
+    ) -> None:
         super().__init__()
         hidden = max(8, channels // reduce)
         self.gate = nn.Sequential(
             nn.AdaptiveAvgPool2d(1),
             nn.Conv2d(channels, hidden, 1),
-            nn.ReLU(),
+            act(),
             nn.Conv2d(hidden, channels, 1),
-            nn.Hardsigmoid(),
+            gate(),
         )
 
     def forward(self, x):
@@ -46,6 +54,8 @@ class InvertedResidual(nn.Module):
         kernel: int = 3,
         act: type[nn.Module] = nn.ReLU6,
         se: bool = False,
+        se_gate: type[nn.Module] = nn.Hardsigmoid,
+        se_act: type[nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__()
         hidden = cin * expand
@@ -54,7 +64,7 @@ class InvertedResidual(nn.Module):
             layers += [*_conv_bn(cin, hidden, 1), act()]
         layers += [*_conv_bn(hidden, hidden, kernel, stride=stride, groups=hidden), act()]
         if se:
-            layers.append(SqueezeExcite(hidden))
+            layers.append(SqueezeExcite(hidden, act=se_act, gate=se_gate))
         layers += _conv_bn(hidden, cout, 1)
         self.body = nn.Sequential(*layers)
         self.residual = stride == 1 and cin == cout
@@ -62,6 +72,11 @@ class InvertedResidual(nn.Module):
     def forward(self, x):
         out = self.body(x)
         return x + out if self.residual else out
+
+
+def _width(channels: int, width: float) -> int:
+    """Channels scaled by the width multiplier, rounded to a multiple of 8 (as MobileNets do)."""
+    return max(8, int(channels * width + 4) // 8 * 8)
 
 
 def _head(cin: int, width: int, num_classes: int, act: type[nn.Module]) -> nn.Sequential:
@@ -80,18 +95,19 @@ class MobileNetV2Style(nn.Module):
     #: (expand, channels, repeats, first stride)
     SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 3, 2), (6, 96, 2, 1))
 
-    def __init__(self, *, num_classes: int = 10) -> None:
+    def __init__(self, *, num_classes: int = 10, width: float = 1.0, in_channels: int = 3) -> None:
         super().__init__()
-        layers: list[nn.Module] = [*_conv_bn(3, 24, 3, stride=2), nn.ReLU6()]
-        cin = 24
+        cin = _width(24, width)
+        layers: list[nn.Module] = [*_conv_bn(in_channels, cin, 3, stride=2), nn.ReLU6()]
         for expand, cout, repeats, stride in self.SETTINGS:
+            cout = _width(cout, width)
             for i in range(repeats):
                 layers.append(
                     InvertedResidual(cin, cout, expand=expand, stride=stride if i == 0 else 1)
                 )
                 cin = cout
         self.features = nn.Sequential(*layers)
-        self.head = _head(cin, 640, num_classes, nn.ReLU6)
+        self.head = _head(cin, _width(640, width), num_classes, nn.ReLU6)
 
     def forward(self, image):
         return self.head(self.features(image))
@@ -112,11 +128,12 @@ class MobileNetV3Style(nn.Module):
         (5, 6, 96, True, True, 1),
     )
 
-    def __init__(self, *, num_classes: int = 10) -> None:
+    def __init__(self, *, num_classes: int = 10, width: float = 1.0, in_channels: int = 3) -> None:
         super().__init__()
-        layers: list[nn.Module] = [*_conv_bn(3, 16, 3, stride=2), nn.Hardswish()]
-        cin = 16
+        cin = _width(16, width)
+        layers: list[nn.Module] = [*_conv_bn(in_channels, cin, 3, stride=2), nn.Hardswish()]
         for kernel, expand, cout, se, hswish, stride in self.SETTINGS:
+            cout = _width(cout, width)
             act = nn.Hardswish if hswish else nn.ReLU
             layers.append(
                 InvertedResidual(
@@ -125,7 +142,43 @@ class MobileNetV3Style(nn.Module):
             )
             cin = cout
         self.features = nn.Sequential(*layers)
-        self.head = _head(cin, 576, num_classes, nn.Hardswish)
+        self.head = _head(cin, _width(576, width), num_classes, nn.Hardswish)
+
+    def forward(self, image):
+        return self.head(self.features(image))
+
+
+class EfficientNetStyle(nn.Module):
+    """EfficientNet-B0 layout, shortened (MBConv: SiLU, squeeze-excite with SiLU and sigmoid
+    gates, 3x3/5x5 depthwise): image [b, 3, 64, 64]."""
+
+    #: (kernel, expand, channels, repeats, first stride)
+    SETTINGS = ((3, 1, 16, 1, 1), (3, 6, 24, 2, 2), (5, 6, 40, 2, 2), (3, 6, 80, 2, 2),
+                (5, 6, 112, 1, 1))  # fmt: skip
+
+    def __init__(self, *, num_classes: int = 10, width: float = 1.0, in_channels: int = 3) -> None:
+        super().__init__()
+        cin = _width(32, width)
+        layers: list[nn.Module] = [*_conv_bn(in_channels, cin, 3, stride=2), nn.SiLU()]
+        for kernel, expand, cout, repeats, stride in self.SETTINGS:
+            cout = _width(cout, width)
+            for i in range(repeats):
+                layers.append(
+                    InvertedResidual(
+                        cin,
+                        cout,
+                        expand=expand,
+                        stride=stride if i == 0 else 1,
+                        kernel=kernel,
+                        act=nn.SiLU,
+                        se=True,
+                        se_gate=nn.Sigmoid,
+                        se_act=nn.SiLU,
+                    )  # fmt: skip
+                )
+                cin = cout
+        self.features = nn.Sequential(*layers)
+        self.head = _head(cin, _width(640, width), num_classes, nn.SiLU)
 
     def forward(self, image):
         return self.head(self.features(image))
