@@ -74,7 +74,7 @@ def test_ship_json_to_stdout_is_only_json(monkeypatch, tmp_path, capsys):
 
     gate = SimpleNamespace(name="parity", passed=True, detail="ok")
     result = SimpleNamespace(
-        gates=[gate], bundle=tmp_path, passed=True, to_dict=lambda: {"passed": True}
+        gates=[gate], bundle=tmp_path, passed=True, release=None, to_dict=lambda: {"passed": True}
     )
     monkeypatch.setattr(torchship.cli.ship, "load_pipeline", lambda path: path)
     monkeypatch.setattr(torchship.cli.ship, "run_pipeline", lambda config, **kw: result)
