@@ -12,9 +12,9 @@ fastest within `--max-drop` points at batch 8. Prints a Markdown table and the C
 
 `resnet18-pruned` is the chain: the ResNet-18-style net trained on the training digits for 8
 epochs, pruned to half its channels (torchship's pruner) and distilled from the trained one for
-10 epochs (label loss weighted 0.7, the teacher's 0.3), then searched like the others; its ratios are to the *unpruned* FP32 ORT model (the
-first row), its drops against the unpruned FP32 eager model, and the budget it is verified
-against is what the pruning left of `--max-drop`.
+10 epochs (label loss weighted 0.7, the teacher's 0.3), then searched like the others; its
+ratios are to the *unpruned* FP32 ORT model (the first row), its drops against the unpruned FP32
+eager model, and the budget it is verified against is what the pruning left of `--max-drop`.
 
     .venv/bin/python scripts/bench_runtimes.py [--min-time 0.5] [--models demo,resnet18]
         [--threads 2] [--out bench_runtimes.md]
@@ -131,9 +131,7 @@ def pruned_case(name: str) -> tuple[LoadedModel, LoadedModel, dict, dict]:
     finetune = DistillConfig(mode=RecoveryMode.FINETUNE, epochs=TRAIN_EPOCHS, lr=1e-3)
     teacher, _ = recover(teacher, train, config=finetune)
     student = prune_channels(teacher, config=PruneConfig(ratio=PRUNE_RATIO)).model
-    student, _ = recover(
-        student, train, teacher=teacher, config=DistillConfig(**DISTILL)
-    )
+    student, _ = recover(student, train, teacher=teacher, config=DistillConfig(**DISTILL))
     return teacher, student, calib, evaluation
 
 
