@@ -43,6 +43,8 @@ def _enabled(run) -> tuple[bool, str]:
         return False, "static INT8 only"
     if opts.latency_search is False:
         return False, "--no-latency-search"
+    if run.report.get("preprocessing") == "transformer":
+        return False, "encoder graph: its weight MatMuls are the only quantized regions"
     preset = (run.report.get("preset") or {}).get("name", "")
     if opts.latency_search is None and not preset.startswith("cpu"):
         return False, f"off by default for the {preset} preset (it is timed on its own runtime)"

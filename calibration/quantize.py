@@ -29,6 +29,8 @@ from torchship.calibration.budget import (
     nothing_quantized,
 )
 from torchship.calibration.calibrators import METHODS, compute_ranges, write_trt_table
+from torchship.calibration.encoder_int8 import parse_smoothquant
+from torchship.calibration.encoder_run import dynamic_encoder, static_encoder
 from torchship.calibration.fallback import DEFAULT_MAX_FALLBACK_TIME_S, FallbackResult
 from torchship.calibration.inspect_int8 import count_ops
 from torchship.calibration.layer_files import layer_summary_into
@@ -81,6 +83,8 @@ class QuantizeOptions:
     latency_search_time_s: float | None = None  # default: latency_search.DEFAULT_TIME_S
     #: PTQ algorithms (calibration.ptq_algos): None tries them when the budget is missed
     ptq_algos: tuple[str, ...] | None = None
+    transformer_opt: bool = True  # ORT's transformer optimizer on encoder graphs
+    smoothquant: str | float | None = None  # auto | off | alpha (default: auto)
 
     def __post_init__(self) -> None:
         for name, kind in (("mode", Mode), ("precision", Precision)):
@@ -106,6 +110,7 @@ class QuantizeOptions:
             )
         if self.ptq_algos is not None:
             object.__setattr__(self, "ptq_algos", ptq_algos.parse_algos(self.ptq_algos))
+        object.__setattr__(self, "smoothquant", parse_smoothquant(self.smoothquant))
 
     def budget_options(self) -> BudgetOptions:
         return BudgetOptions(
@@ -298,6 +303,9 @@ class _Run:
         return self._made[key]
 
     def _static(self, stage: Path) -> Callable[[tuple[str, ...]], Path]:
+        encoder = static_encoder(self, stage)  # None: not an encoder graph
+        if encoder is not None:
+            return encoder
         opts = self.opts
         preset = get_preset(opts.target)
         method = opts.method or "minmax"
@@ -336,6 +344,9 @@ class _Run:
         return lambda excluded: self._candidate(excluded, build)
 
     def _dynamic(self) -> Callable[[tuple[str, ...]], Path]:
+        encoder = dynamic_encoder(self)  # None: not an encoder graph
+        if encoder is not None:
+            return encoder
         pre = self.pre = self.tmp / "preprocessed.onnx"
         self.report["preprocessing"] = ort_quantize.preprocess(self.source.path, pre)
         self.report.update(mode="dynamic", preset=None, method=None)
@@ -448,7 +459,7 @@ class _Run:
             )
 
     def _details(self, fallback: FallbackResult) -> dict:
-        keys = ("mode", "preset", "method", "preprocessing")
+        keys = ("mode", "preset", "method", "preprocessing", "transformer")
         details = {k: self.report.get(k) for k in keys}
         details["preset"] = (self.report.get("preset") or {}).get("name")
         details["excluded_nodes"] = list(fallback.excluded)

@@ -64,6 +64,18 @@ def register_quantize(commands) -> None:
     p.add_argument("--no-bench", action="store_true", help="skip the FP32-vs-quantized timing")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads for eval/timing")
     add_int8_search_flags(p)
+    p.add_argument(
+        "--no-transformer-opt",
+        action="store_true",
+        help="skip ONNX Runtime's transformer optimizer (on by default for encoder graphs)",
+    )
+    p.add_argument(
+        "--smoothquant",
+        default="auto",
+        metavar="auto|off|ALPHA",
+        help="SmoothQuant for encoders with --calib: auto searches alpha and keeps it only if "
+        "cosine on the calibration data improves (default auto)",
+    )
     p.add_argument("--json", metavar="OUT", help="write the report as JSON ('-': stdout)")
     p.add_argument("-o", "--output", default=None, help="output directory or .onnx file")
     add_pt2e_flags(p)
@@ -93,6 +105,8 @@ def _quantize(args: argparse.Namespace, *, console: Console, argv: Sequence[str]
         latency_search=False if args.no_latency_search else None,
         latency_search_time_s=args.latency_search_time,
         ptq_algos=ptq_algos_from(args),
+        transformer_opt=not args.no_transformer_opt,
+        smoothquant=args.smoothquant,
     )
     with progress(console) as step:
         step(f"quantizing {args.model}")
@@ -109,6 +123,22 @@ def _quantize(args: argparse.Namespace, *, console: Console, argv: Sequence[str]
     if args.json != "-":
         _print_summary(console, result)
     return EXIT_OK if result.passed else EXIT_CHECK_FAILED
+
+
+def _print_transformer(console: Console, transformer: dict | None) -> None:
+    if not transformer:
+        return
+    opt = transformer["optimizer"]
+    if opt["applied"]:
+        fused = ", ".join(f"{k} {v}" for k, v in opt["fusions"].items())
+        console.print(f"transformer optimizer: fused {fused}")
+    else:
+        console.print(f"transformer optimizer: skipped ({opt['reason']})")
+    sq = transformer.get("smoothquant") or {}
+    if sq.get("used"):
+        console.print(f"SmoothQuant: alpha {sq['alpha']:g} (best of {len(sq['search'])} on calib)")
+    elif sq:
+        console.print(f"SmoothQuant: not used ({sq.get('reason')})")
 
 
 def _check_json_path(path: str | None) -> None:
@@ -134,6 +164,7 @@ def _print_summary(console: Console, result: QuantizeResult) -> None:
         + (f"  preset {preset}, method {report['method']}" if preset else "")
     )
     console.print(accuracy_line(accuracy))
+    _print_transformer(console, report.get("transformer"))
     fallback = report["fallback"]
     excluded = fallback["excluded_nodes"]
     if excluded:
