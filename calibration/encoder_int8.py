@@ -27,7 +27,9 @@ from torchship.errors import ConfigError, ExportError
 __all__ = [
     "ALPHAS",
     "EncoderPlan",
+    "FLOAT_REGION_OPS",
     "SmoothChoice",
+    "float_regions_read_float",
     "parse_smoothquant",
     "prepare_encoder",
     "quantize_dynamic_encoder",
@@ -42,6 +44,11 @@ log = logging.getLogger(__name__)
 ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9)
 #: Calibration batches SmoothQuant reads for its activation maxima.
 _MAX_BATCHES = 16
+#: Ops static encoder INT8 keeps float, inputs included (quantizing them cost cosine 0.94).
+FLOAT_REGION_OPS = frozenset(
+    {"LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
+     "SkipSimplifiedLayerNormalization", "Softmax", "Gelu", "BiasGelu", "FastGelu"}
+)  # fmt: skip
 
 
 def parse_smoothquant(value: str | float | None) -> str | float:
@@ -125,6 +132,50 @@ def weight_matmuls(path: Path) -> tuple[list[tuple[str, str]], list[str]]:
         elif node.op_type == "MatMul":
             between.append(node.name)
     return with_weight, between
+
+
+def float_regions_read_float(path: Path) -> int:
+    """Rewire the float-region ops of a QDQ file to read the float tensor, not its Q→DQ copy.
+
+    ORT quantizes a tensor once for all its consumers: the LayerNorm output that feeds the
+    Q/K/V MatMuls also reaches the residual SkipLayerNorm through the same DequantizeLinear,
+    so the float region would see INT8 rounding. Returns the number of inputs rewired; Q/DQ
+    nodes left without a consumer are dropped. Edits the graph only (external data stays).
+    """
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    rewired = 0
+    for node in graph.node:
+        if node.op_type not in FLOAT_REGION_OPS:
+            continue
+        for index, name in enumerate(node.input):
+            dq = producer.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = producer.get(dq.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[index] = q.input[0]
+                rewired += 1
+    if rewired:
+        _drop_unused_qdq(graph)
+        onnx.save(model, str(path))
+    return rewired
+
+
+def _drop_unused_qdq(graph) -> None:
+    while True:
+        used = {name for node in graph.node for name in node.input}
+        used |= {out.name for out in graph.output}
+        dead = [
+            node for node in graph.node
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear")
+            and not any(out in used for out in node.output)
+        ]  # fmt: skip
+        if not dead:
+            return
+        for node in dead:
+            graph.node.remove(node)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from torchship.calibration.accuracy import compare_accuracy, run_eval
 from torchship.calibration.calibrators import METHODS, compute_ranges
 from torchship.calibration.encoder_int8 import (
     EncoderPlan,
+    float_regions_read_float,
     parse_smoothquant,
     prepare_encoder,
     quantize_dynamic_encoder,
@@ -96,6 +97,7 @@ def static_encoder(run, stage: Path):
             pre, path, preset=encoder_preset, method=ort_method, ranges_cache=caches[pre],
             exclude=(*between, *excluded),
         )  # fmt: skip
+        float_regions_read_float(path)
 
     scratch = run.tmp / "sq-static.onnx"
 
