@@ -275,8 +275,12 @@ class _Run:
             details=details,
         )
         self._prove(artifact, precision)
+        # an encoder's INT8 comes from the fused, smoothed graph: compare layers against that
+        # one, or SmoothQuant's rescaled weights read as quantization error
+        encoder = self.report.get("preprocessing") == "transformer"
         self.report["layers"], problem = layer_summary_into(
-            stage, self.source.path, target, self.eval_data, scratch=self.tmp,
+            stage, self.pre if encoder else self.source.path, target, self.eval_data,
+            scratch=self.tmp,
             threads=self.opts.threads,
         )  # fmt: skip
         if problem:
