@@ -75,13 +75,19 @@ class EncoderPlan:
     path: Path
     optimizer: OptimizeReport
     smoothquant: dict = field(default_factory=dict)
+    #: The fused vs unfused INT8 timing (dynamic INT8 keeps the faster graph).
+    timing: dict = field(default_factory=dict)
 
     @property
     def encoder(self) -> bool:
         return self.optimizer.applied or "not an encoder" not in self.optimizer.reason
 
     def to_dict(self) -> dict:
-        return {"optimizer": self.optimizer.to_dict(), "smoothquant": self.smoothquant}
+        return {
+            "optimizer": self.optimizer.to_dict(),
+            "smoothquant": self.smoothquant,
+            "timing": self.timing,
+        }
 
 
 def prepare_encoder(src: Path, tmp: Path, *, optimize: bool, attention: bool) -> EncoderPlan:

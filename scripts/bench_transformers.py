@@ -10,7 +10,8 @@ Rows, in one run, timed in interleaved rounds (`torchship.runtimes.interleaved`)
 batch 16, seq 32, 2 threads, as ratios to the FP32 ONNX file: the FP32 export, the optimizer's
 FP32 graph, torchship dynamic and static INT8, and the hand path a user would take — ORT's
 `quantize_dynamic` with and without per-channel weights on the exported file, and tuned by hand
-(ORT's optimizer first, then per-channel `quantize_dynamic`). Accuracy: mean and min cosine of
+(ORT's optimizer first, then per-channel `quantize_dynamic`); and, where OpenVINO imports, the
+FP32 file with the bf16 hint and the static INT8 file on OpenVINO. Accuracy: mean and min cosine of
 the embeddings against the FP32 ONNX file on the held-out sentences. Prints a Markdown table and
 the CPU flags.
 
@@ -36,6 +37,8 @@ from torchship.calibration.transformer_opt import optimize_encoder
 from torchship.cli import main as torchship
 from torchship.data import open_data
 from torchship.fingerprint import machine_fingerprint
+from torchship.runtimes.base import available_runners
+from torchship.runtimes.evaluate import evaluate
 from torchship.runtimes.interleaved import interleaved_rounds, runner_session
 
 THREADS = 2
@@ -142,21 +145,35 @@ def main() -> None:
             alpha = f"SmoothQuant α {smooth['alpha']}" if smooth.get("used") else "no SmoothQuant"
             rows[f"torchship quantize --mode {mode} ({alpha})"] = next(out.glob("model.int8*.onnx"))
         rows.update(by_hand(fp32, folder, root))
+        runtimes = dict.fromkeys(rows, "ort-cpu")
+        if (
+            "openvino" in available_runners()
+        ):  # the same files on OpenVINO (`torchship bench --runtime`)
+            static = next(name for name in rows if "--mode static" in name)
+            for name, path, runtime in (
+                ("FP32 ONNX on OpenVINO, bf16 hint", fp32, "openvino-bf16"),
+                (f"{static} on OpenVINO", rows[static], "openvino"),
+            ):
+                if runtime in available_runners():
+                    rows[name], runtimes[name] = path, runtime
 
         data = open_data(evaluation, inputs=Artifact.open(fp32).inputs)
+        artifacts = {
+            name: Artifact(path, Format.ONNX, data.inputs, ()) for name, path in rows.items()
+        }
         reference = run_eval(fp32, data, threads=THREADS)
         accuracy = {
             name: compare_accuracy(
-                run_eval(path, data, threads=THREADS), reference, metric="cosine"
+                evaluate(artifact, data, runtime=runtimes[name], threads=THREADS),
+                reference,
+                metric="cosine",
             )
-            for name, path in rows.items()
+            for name, artifact in artifacts.items()
         }
         feeds = {key: value[:BATCH] for key, value in np.load(evaluation).items()}
         sides = {
-            name: runner_session(
-                "ort-cpu", Artifact(path, Format.ONNX, data.inputs, ()), feeds, threads=THREADS
-            )
-            for name, path in rows.items()
+            name: runner_session(runtimes[name], artifact, feeds, threads=THREADS)
+            for name, artifact in artifacts.items()
         }
         print(f"timing {len(sides)} files in {ns.rounds} interleaved rounds ...")
         samples = interleaved_rounds(sides, rounds=ns.rounds, iters_per_round=ns.iters, warmup=3)
@@ -175,7 +192,7 @@ def render(rows: dict[str, Path], accuracy: dict, samples: dict[str, list[list[f
     base_rounds = [statistics.median(r) for r in samples[base]]
     fp = machine_fingerprint()
     lines = [
-        f"all-MiniLM-L6-v2, batch {BATCH}, seq {SEQ}, {THREADS} threads, ort-cpu, "
+        f"all-MiniLM-L6-v2, batch {BATCH}, seq {SEQ}, {THREADS} threads, ort-cpu unless named, "
         f"{len(base_rounds)} interleaved rounds; cosine on {accuracy[base].samples} held-out "
         f"sentences vs the FP32 ONNX file",
         f"CPU: {fp['cpu_model']}; flags: {', '.join(f for f, on in fp['isa'].items() if on)}",

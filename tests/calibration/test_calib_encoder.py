@@ -54,13 +54,26 @@ def test_dynamic_encoder_int8_is_fused_integer_and_close_and_leaves_no_litter(
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    report = _quantize(encoder, tmp_path / "dyn", "--mode", "dynamic")
+    # --no-latency-search: the fused graph is kept without timing it against the unfused one
+    report = _quantize(encoder, tmp_path / "dyn", "--mode", "dynamic", "--no-latency-search")
     fused = report["transformer"]["optimizer"]
     assert fused["applied"] and fused["fusions"].get("Attention", 0) == 2, fused
     assert fused["fusions"].get("SkipLayerNormalization", 0) > 0
     assert report["op_counts"]["integer_ops"] > 0
     assert report["accuracy"]["metric"] == "cosine" and report["accuracy"]["cosine"] > 0.99
     assert list(cwd.iterdir()) == []  # ORT's optimizer and pre-processing wrote in the scratch dir
+
+
+@pytest.mark.slow
+def test_dynamic_encoder_int8_keeps_the_graph_whose_int8_measured_faster(encoder, tmp_path):
+    report = _quantize(encoder, tmp_path / "dyn", "--mode", "dynamic")
+    timing, optimizer = report["transformer"]["timing"], report["transformer"]["optimizer"]
+    assert timing["ran"] and timing["fused_over_unfused_latency"] > 0
+    assert optimizer["applied"] == (timing["fused_over_unfused_latency"] <= 1.0), optimizer
+    if not optimizer["applied"]:
+        assert "measured" in optimizer["reason"]
+        assert optimizer["fusions"].get("Attention") == 2  # what was tried stays reported
+    assert report["op_counts"]["integer_ops"] > 0
 
 
 @pytest.mark.slow
