@@ -65,10 +65,15 @@ class FallbackResult:
     sensitivity: dict[str, float] = field(default_factory=dict)
     elapsed_s: float = 0.0
     max_time_s: float | None = None
+    #: The candidate nodes' names (`excluded` may hold other nodes too: the latency search
+    #: keeps whole regions, activations included, in FP32).
+    names: tuple[str, ...] = ()
 
     @property
     def all_fp32(self) -> bool:
         """Every candidate node ended in FP32: nothing of the model is quantized."""
+        if self.names:
+            return set(self.names) <= set(self.excluded)
         return self.candidates > 0 and len(self.excluded) >= self.candidates
 
     def to_dict(self) -> dict:
@@ -164,7 +169,7 @@ def fallback_loop(
         return FallbackResult(
             tuple(excluded), accuracy, ok, initial, search.budget, len(names),
             tuple(search.trials), stopped, dict(sensitivity or {}), clock() - search.start,
-            max_time_s,
+            max_time_s, tuple(names),
         )  # fmt: skip
 
     if passed:

@@ -92,9 +92,15 @@ def choose(run, make, fallback: FallbackResult) -> Shipped:
     }
     for line in result.table_lines():
         log.info("latency search: %s", line)
-    if result.ships_fp32:
+    # a winner that keeps every quantizable node in FP32 is the FP32 model timed as noise
+    every_node = replace(fallback, excluded=result.excluded or ()).all_fp32
+    if result.ships_fp32 or every_node:
+        reason = result.reason
+        if not result.ships_fp32:
+            reason = "the fastest candidate keeps every quantizable node in FP32"
+            run.report["latency_search"]["reason"] = reason
         run.report["shipped"] = "fp32"
-        run.warn(f"shipping the FP32 model: {result.reason} (INT8 would be slower)")
+        run.warn(f"shipping the FP32 model: {reason} (INT8 would be slower)")
         same = check.same()
         run.report["accuracy"] = {**check.report(same), "max_drop": max_drop}
         kept = replace(fallback, excluded=(), accuracy=same, passed=True)

@@ -11,6 +11,7 @@ import onnx
 
 from torchship.calibration import QuantizeOptions, quantize
 from torchship.calibration.accuracy import Accuracy
+from torchship.calibration.fallback import FallbackResult
 from torchship.calibration.metrics import Budget, Metric
 from torchship.calibration.sensitivity import fallback_loop
 from torchship.cli.main import main
@@ -159,3 +160,13 @@ def test_dynamic_int8_ranks_the_sensitive_layer_first_by_its_own_error(tmp_path,
     assert "/sensitive/Gemm" in result.report["fallback"]["excluded_nodes"]
     graph = onnx.load(str(result.artifact.path)).graph
     assert "/sensitive/Gemm_MatMul" in {n.name for n in graph.node if n.op_type == "MatMul"}
+
+
+def test_all_fp32_reads_candidate_names_not_how_many_nodes_are_excluded():
+    # the latency search keeps whole regions (activations too) in FP32: 3 excluded nodes of
+    # which 2 are not candidates still leave a quantized conv
+    def result(excluded):
+        return FallbackResult(excluded, None, True, None, candidates=2, names=("conv1", "conv2"))
+
+    assert not result(("conv1", "relu1", "mul1")).all_fp32
+    assert result(("conv1", "relu1", "conv2")).all_fp32
