@@ -59,8 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # markup off: printed paths, names and messages may hold [brackets] (torchship[gpu]);
     # styled text is built with rich.text.Text instead
     console = Console(stderr=False, highlight=False, markup=False)
-    if not console.is_terminal:  # pipes: no wrapped tables
-        console = Console(stderr=False, highlight=False, markup=False, width=140)
+    if not console.is_terminal:  # pipes: no wrapped tables (ship's table with the search is ~180)
+        console = Console(stderr=False, highlight=False, markup=False, width=200)
     errors = Console(stderr=True, highlight=False)
     try:
         with handle_signals():  # SIGTERM/SIGHUP like Ctrl-C; wrapped interrupts unwrapped
