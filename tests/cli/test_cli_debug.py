@@ -21,7 +21,8 @@ def demo_pair(tmp_path_factory):
     )
     images, _ = demo_dataset("test")
     np.savez(root / "data.npz", image=images[:64])
-    options = QuantizeOptions(target="cpu-x86-vnni", bench=False)
+    # latency search off: on a loaded machine it may keep regions (or all) in FP32
+    options = QuantizeOptions(target="cpu-x86-vnni", bench=False, latency_search=False)
     result = quantize(fp32.path, root / "int8", calib=root / "data.npz", options=options)
     return fp32.path, result.artifact.path, root / "data.npz"
 
