@@ -9,7 +9,6 @@ accuracy budget, the proof and the timing stay the run's.
 from __future__ import annotations
 
 import logging
-import statistics
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from torchship.calibration.presets import get_preset
 from torchship.calibration.random_inputs import bounded_specs
 from torchship.calibration.transformer_opt import encoder_shape
 from torchship.data import ShortBatch
-from torchship.runtimes.interleaved import interleaved_rounds, runner_session
+from torchship.runtimes.interleaved import interleaved_ab
 from torchship.specs import random_feeds
 
 __all__ = ["dynamic_encoder", "static_encoder"]
@@ -131,18 +130,12 @@ def _keep_the_faster_graph(run, plan: EncoderPlan) -> None:
     fused, plain = run.tmp / "fused-int8.onnx", run.tmp / "plain-int8.onnx"
     quantize_dynamic_encoder(plan.path, fused)
     quantize_dynamic_encoder(run.source.path, plain)
-    feeds = _timing_feeds(run)
-    sides = {
-        name: runner_session(
-            "ort-cpu", replace(run.source, path=path), feeds, threads=run.opts.threads
-        )
-        for name, path in (("fused", fused), ("plain", plain))
-    }
-    samples = interleaved_rounds(sides, rounds=4, iters_per_round=10, warmup=2)
-    ratio = statistics.median(
-        statistics.median(f) / statistics.median(p)
-        for f, p in zip(samples["fused"], samples["plain"], strict=True)
-    )
+    ab = interleaved_ab(
+        replace(run.source, path=plain), replace(run.source, path=fused), runtime="ort-cpu",
+        threads=run.opts.threads, rounds=4, iters_per_round=10, warmup=2,
+        feeds=_timing_feeds(run),
+    )  # fmt: skip
+    ratio = ab.ratio
     plan.timing = {"ran": True, "fused_over_unfused_latency": round(ratio, 3)}
     if ratio > 1.0:
         reason = f"its INT8 ran {ratio:.2f}x the unfused graph's latency (measured)"

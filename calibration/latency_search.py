@@ -27,8 +27,7 @@ import numpy as np
 from torchship.artifact import Artifact
 from torchship.calibration.accuracy import Accuracy
 from torchship.calibration.regions import Graph, Region
-from torchship.runtimes.bench import feeds_for_batch
-from torchship.runtimes.interleaved import interleaved_rounds, runner_session
+from torchship.runtimes.interleaved import interleaved_ab
 
 __all__ = [
     "Row",
@@ -270,24 +269,11 @@ def measure_ratio(
     round_s: float = 0.08,
 ) -> float:
     """Candidate p50 / FP32 p50 on ort-cpu, timed in interleaved rounds (runtimes.interleaved)."""
-    feeds = feeds_for_batch(fp32, batch=batch, seed=0)
-    other = replace(fp32, path=Path(candidate))
-    probe = interleaved_rounds(
-        {"a": runner_session("ort-cpu", fp32, feeds, threads=threads)},
-        rounds=2, iters_per_round=2, warmup=1,
+    result = interleaved_ab(
+        fp32, replace(fp32, path=Path(candidate)), runtime="ort-cpu", batch=batch,
+        threads=threads, rounds=rounds, iters_per_round=50, round_s=round_s, warmup=2,
     )  # fmt: skip
-    per_call_s = max(statistics.median(probe["a"][-1]) / 1000.0, 1e-5)
-    iters = int(min(50, max(3, round_s / per_call_s)))
-    sides = {
-        "a": runner_session("ort-cpu", fp32, feeds, threads=threads),
-        "b": runner_session("ort-cpu", other, feeds, threads=threads),
-    }
-    samples = interleaved_rounds(sides, rounds=rounds, iters_per_round=iters, warmup=2)
-    ratios = [
-        statistics.median(b) / statistics.median(a)
-        for a, b in zip(samples["a"], samples["b"], strict=True)
-    ]
-    return float(statistics.median(ratios))
+    return float(result.ratio)
 
 
 # --- profile -------------------------------------------------------------------------------------

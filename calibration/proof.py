@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import gc
 import itertools
 import logging
 
 from torchship.artifact import Artifact
 from torchship.data import DataSet, ShortBatch
-from torchship.runtimes import BenchConfig, bench_runner, get_runner
+from torchship.runtimes import get_runner
 from torchship.runtimes.compare import compare_runs
+from torchship.runtimes.interleaved import interleaved_ab
 from torchship.runtimes.tolerance import tolerance_for
 
 __all__ = ["parity_vs_fp32", "bench_vs_fp32", "bench_batch_for"]
@@ -17,6 +17,7 @@ __all__ = ["parity_vs_fp32", "bench_vs_fp32", "bench_batch_for"]
 log = logging.getLogger(__name__)
 
 _PARITY_BATCHES = 4
+_TIMING_ROUNDS = 6
 
 
 def parity_vs_fp32(source: Artifact, artifact: Artifact, data: DataSet) -> dict:
@@ -55,22 +56,26 @@ def bench_batch_for(artifact: Artifact, requested: int | None = None) -> int:
 
 
 def bench_vs_fp32(source: Artifact, artifact: Artifact, *, options) -> dict:
-    """p50 of FP32 and candidate on ort-cpu in one run (sessions released between)."""
+    """FP32 and candidate on ort-cpu, timed in alternating rounds in one run.
+
+    `speedup` is FP32 over candidate latency, the median of per-round ratios, so load that
+    changes during the run hits both sides alike (runtimes.interleaved); the p50s pool all
+    rounds. Each side runs about `options.bench_min_time_s` * 2 seconds in all.
+    """
     batch = bench_batch_for(artifact, options.bench_batch)
-    config = BenchConfig(
-        warmup=5, min_time_s=options.bench_min_time_s, batches=(batch,), threads=options.threads
-    )
-    fp32 = bench_runner("ort-cpu", source, config=config, batch=batch)
-    gc.collect()
-    candidate = bench_runner("ort-cpu", artifact, config=config, batch=batch)
-    gc.collect()
-    p50, ref = candidate.latency_ms["p50"], fp32.latency_ms["p50"]
+    rounds = _TIMING_ROUNDS
+    ab = interleaved_ab(
+        source, artifact, runtime="ort-cpu", batch=batch, threads=options.threads,
+        rounds=rounds, iters_per_round=200, round_s=2 * options.bench_min_time_s / rounds,
+    )  # fmt: skip
+    speedup = 1.0 / ab.ratio if ab.ratio > 0 else 0.0
     return {
         "runtime": "ort-cpu",
         "batch": batch,
         "threads": options.threads,
-        "p50_ms": round(p50, 4),
-        "fp32_p50_ms": round(ref, 4),
-        "speedup": round(ref / p50, 4) if p50 > 0 else 0.0,
-        "faster": p50 < ref,
+        "p50_ms": round(ab.b_latency_ms.p50, 4),
+        "fp32_p50_ms": round(ab.a_latency_ms.p50, 4),
+        "speedup": round(speedup, 4),
+        "faster": speedup > 1.0,
+        "timed": f"interleaved, {rounds} rounds",
     }

@@ -175,22 +175,29 @@ def interleaved_ab(
     threads: int | None = None,
     rounds: int = 6,
     iters_per_round: int = 30,
+    round_s: float | None = None,
     warmup: int = 5,
     seed: int = 0,
+    feeds: Mapping[str, np.ndarray] | None = None,
 ) -> ABResult:
     """Time A and B in alternating rounds on the same feeds; see the module docstring.
 
     `runtime` defaults to A's format's runtime; `runtime_b` to `runtime` when B's format allows
-    it, else to B's format's runtime.
+    it, else to B's format's runtime. `feeds` (real data, say) replace the random feeds at
+    `batch`. With `round_s`, a short probe of A sets the calls per round to about that many
+    seconds (3 to `iters_per_round`), so a slow model does not run for minutes.
     """
     if batch is not None and batch < 1:
         raise ConfigError(f"batch must be >= 1, got {batch}")
     runtime = runtime or default_runtime_for(a.format)
     if runtime_b is None:
         runtime_b = runtime if _runs(runtime, b) else default_runtime_for(b.format)
-    batch = batch or next((s.shape[0] for s in a.inputs if s.shape), 1)
-    feeds = feeds_for_batch(a, batch=batch, seed=seed)
-    feeds_for_batch(b, batch=batch, seed=seed)  # B must take the same batch
+    if feeds is None:
+        batch = batch or next((s.shape[0] for s in a.inputs if s.shape), 1)
+        feeds = feeds_for_batch(a, batch=batch, seed=seed)
+        feeds_for_batch(b, batch=batch, seed=seed)  # B must take the same batch
+    else:
+        batch = next((v.shape[0] for v in feeds.values() if np.ndim(v)), 1)
     clock_a = _clock_of(require_available(runtime))
     clock_b = _clock_of(require_available(runtime_b))
     host_timing = clock_a != clock_b
@@ -203,11 +210,20 @@ def interleaved_ab(
         "a": runner_session(runtime, a, feeds, threads=threads, host_timing=host_timing),
         "b": runner_session(runtime_b, b, feeds, threads=threads, host_timing=host_timing),
     }
+    if round_s is not None:
+        iters_per_round = _iters_for(sides["a"], round_s, most=iters_per_round)
     samples = interleaved_rounds(
         sides, rounds=rounds, iters_per_round=iters_per_round, warmup=warmup
     )
     result = _result(runtime, runtime_b, batch, a, b, samples["a"], samples["b"])
     return replace(result, clock=HostTimer.clock if host_timing else clock_a)
+
+
+def _iters_for(side: Session, round_s: float, *, most: int) -> int:
+    """Calls that fill about `round_s` seconds, from two probe calls (3 to `most`)."""
+    probe = interleaved_rounds({"a": side}, rounds=2, iters_per_round=2, warmup=1)
+    per_call_s = max(statistics.median(probe["a"][-1]) / 1000.0, 1e-5)
+    return int(min(most, max(3, round_s / per_call_s)))
 
 
 def _clock_of(cls: type[Runner]) -> str:

@@ -154,3 +154,19 @@ def test_sides_on_different_clocks_are_both_host_timed(tiny_artifacts, monkeypat
     result = interleaved_ab(onnx, ts, rounds=2, iters_per_round=3, warmup=0)
     assert result.clock == "host-wall"
     assert 1.0 not in {s for r in result.a_rounds + result.b_rounds for s in r}
+
+
+def test_given_feeds_set_the_batch_and_round_s_sets_the_calls(tiny_artifacts, heavy_onnx):
+    import numpy as np
+
+    feeds = {"x": np.ones((5, 4), np.float32)}
+    result = interleaved_ab(
+        tiny_artifacts[Format.ONNX], heavy_onnx, feeds=feeds, rounds=2, iters_per_round=7,
+        round_s=10.0, warmup=0,
+    )  # fmt: skip
+    assert result.batch == 5
+    assert all(len(r) == 7 for r in result.a_rounds + result.b_rounds)  # capped by the most
+    quick = interleaved_ab(
+        heavy_onnx, heavy_onnx, feeds=feeds, rounds=2, iters_per_round=50, round_s=1e-6
+    )
+    assert all(len(r) == 3 for r in quick.a_rounds)  # at least 3 calls a round
