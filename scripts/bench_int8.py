@@ -8,10 +8,12 @@ Then the nets where INT8 can run slower than FP32 (`--cases mobile`): a MobileNe
 (hardswish, hard-sigmoid squeeze-excite, depthwise) and an EfficientNet-style net (SiLU,
 sigmoid squeeze-excite), trained for a few epochs on the shipped digits (3x64x64): FP32, the
 old default (`--no-latency-search`), the latency-aware default, ORT's default S8S8 and the
-hand-tuned U8S8 per-channel peer, at a 0.5-point budget; and CLE / bias correction on a
+hand-tuned U8S8 per-channel peer, at a 0.5-point budget, then torchship's other INT8 worlds
+timed against the same FP32 ONNX on ORT (the latency-aware file on OpenVINO; PT2E INT8 for
+XNNPACK on ExecuTorch), where those runtimes are installed; and CLE / bias correction on a
 MobileNetV2-style net with the `tensorrt` preset (S8S8): the drop before and after.
 
-    /work/venv/bin/python scripts/bench_int8.py [--min-time 1.0] [--cases all|presets|mobile]
+    .venv/bin/python scripts/bench_int8.py [--min-time 1.0] [--cases all|presets|mobile]
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class Case:
     #: the fallback would move convs to FP32 chasing noise, and the table would not show the
     #: presets' speed. Its drop column is top-1 *agreement* with FP32, not labelled accuracy.
     max_drop: float = 1.0
+    #: The PyTorch model (the mobile nets), for the PT2E rows.
+    model: LoadedModel | None = None
 
 
 def demo_case(root: Path) -> Case:
@@ -216,7 +220,8 @@ def mobile_case(root: Path, name: str, module, epochs: int) -> Case:
     )
     train, _ = digits_64("train")
     images, labels = digits_64("test")
-    return Case(name, fp32, {"image": train[:256]}, {"image": images, "labels": labels}, 0.5)
+    evaluation = {"image": images, "labels": labels}
+    return Case(name, fp32, {"image": train[:256]}, evaluation, 0.5, model)
 
 
 def run_mobile_case(case: Case, root: Path, min_time: float, search_s: float) -> list[str]:
@@ -242,6 +247,7 @@ def run_mobile_case(case: Case, root: Path, min_time: float, search_s: float) ->
             note += ": FP32 " + ", ".join(search["excluded_regions"])
         rows.append(_mobile_row(case, label, result.artifact, base, min_time, data, reference,
                                 note))  # fmt: skip
+        shipped = result.artifact
         if search.get("ran"):
             rows += [f"|  | search: {line} | | | | |" for line in _search_lines(search)]
     for label, (a, w, pc) in {
@@ -252,6 +258,28 @@ def run_mobile_case(case: Case, root: Path, min_time: float, search_s: float) ->
                           weights=w, per_channel=pc)  # fmt: skip
         rows.append(_mobile_row(case, label, as_artifact(case, path), base, min_time, data,
                                 reference, ""))  # fmt: skip
+    rows += _other_runtime_rows(case, root, shipped, base, min_time, data, reference)
+    return rows
+
+
+def _other_runtime_rows(case, root, shipped, base, min_time, data, reference) -> list[str]:
+    """torchship's other INT8 worlds on the same net, timed against FP32 ONNX on ORT: the
+    latency-aware file on OpenVINO, and PT2E INT8 (`quantize --target xnnpack`) on ExecuTorch."""
+    from torchship.quantize_pt2e import quantize_pt2e
+    from torchship.runtimes import available_runners
+
+    rows, here = [], available_runners()
+    if "openvino" in here:
+        label = "torchship default, the same file on OpenVINO"
+        rows.append(_mobile_row(case, label, shipped, base, min_time, data, reference, "",
+                                runtime="openvino"))  # fmt: skip
+    if "executorch" in here:
+        result = quantize_pt2e(
+            case.model, root / "xnnpack", target="xnnpack", calib=case.calib, threads=THREADS
+        )
+        rows.append(_mobile_row(case, "torchship quantize --target xnnpack (ExecuTorch .pte)",
+                                result.artifact, base, min_time, data, reference,
+                                "PT2E XNNPACKQuantizer", runtime="executorch"))  # fmt: skip
     return rows
 
 
@@ -265,13 +293,19 @@ def _search_lines(search: dict) -> list[str]:
     return lines
 
 
-def _mobile_row(case, label, artifact, base, min_time, data, reference, note) -> str:
-    """Speedup from interleaved FP32/INT8 rounds (robust to load drifting during the run)."""
-    from torchship.calibration.latency_search import measure_ratio
+def _mobile_row(
+    case, label, artifact, base, min_time, data, reference, note, *, runtime: str = "ort-cpu"
+) -> str:
+    """Speedup over FP32 ONNX on ORT from interleaved rounds (robust to load drifting)."""
+    from torchship.runtimes.evaluate import evaluate
+    from torchship.runtimes.interleaved import interleaved_ab
 
-    accuracy = compare_accuracy(run_eval(artifact.path, data, threads=THREADS), reference)
-    ratio = measure_ratio(case.fp32, artifact.path, batch=8, threads=THREADS, rounds=8,
-                          round_s=max(0.05, min_time / 8))  # fmt: skip
+    outputs = evaluate(artifact, data, runtime=runtime, threads=THREADS)
+    accuracy = compare_accuracy(outputs, reference)
+    ratio = interleaved_ab(
+        case.fp32, artifact, runtime="ort-cpu", runtime_b=runtime, batch=8, threads=THREADS,
+        rounds=8, iters_per_round=50, round_s=max(0.05, min_time / 8), warmup=2,
+    ).ratio  # fmt: skip
     return (
         f"| {case.name} | {label} | {base * ratio:.3f} ms | {1 / ratio:.2f}x | "
         f"{accuracy.drop:.2f} | {note} |"
