@@ -100,7 +100,11 @@ def choose(run, make, fallback: FallbackResult) -> Shipped:
             reason = "the fastest candidate keeps every quantizable node in FP32"
             run.report["latency_search"]["reason"] = reason
         run.report["shipped"] = "fp32"
-        run.warn(f"shipping the FP32 model: {reason} (INT8 would be slower)")
+        run.warn(
+            f"shipping the FP32 model: {reason} (INT8 would be slower on ONNX Runtime); other "
+            "runtimes' INT8 may pay: `torchship quantize SOURCE --target xnnpack` (ExecuTorch), "
+            "or `torchship tune` to time every runtime"
+        )
         same = check.same()
         run.report["accuracy"] = {**check.report(same), "max_drop": max_drop}
         kept = replace(fallback, excluded=(), accuracy=same, passed=True)
