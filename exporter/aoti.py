@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from torchship.artifact import AOTI_SUFFIX, Artifact, Format, Precision
@@ -25,8 +26,9 @@ from torchship.exporter.base import EXPORTERS, ExportOptions, quiet_torch
 from torchship.exporter.exported_program import to_exported_program
 from torchship.files import atomic_path, atomic_write_json
 from torchship.fingerprint import machine_fingerprint
-from torchship.loaded import LoadedModel
+from torchship.loaded import LoadedModel, flatten_outputs, to_torch_inputs
 from torchship.runtimes.tensorrt.cache import cache_root
+from torchship.specs import random_feeds
 
 __all__ = ["AotiBuild", "compiler_unavailable_reason", "compile_aoti", "export_aoti"]
 
@@ -41,6 +43,7 @@ class AotiBuild:
     threads: int
     key: str
     cache_hit: bool
+    frozen: bool = True
 
     def details(self) -> dict:
         return {
@@ -49,6 +52,7 @@ class AotiBuild:
             "compiled_threads": self.threads,
             "cache_key": self.key,
             "cache_hit": self.cache_hit,
+            "frozen": self.frozen,
         }
 
 
@@ -64,14 +68,19 @@ def compiler_unavailable_reason() -> str | None:
 
 
 def compile_aoti(
-    program: torch.export.ExportedProgram, path: Path, *, threads: int | None = None
+    program: torch.export.ExportedProgram,
+    path: Path,
+    *,
+    threads: int | None = None,
+    frozen: bool = True,
 ) -> AotiBuild:
     """Write `program` compiled by AOTInductor to `path` (atomically), from the cache if built.
 
-    BackendUnavailableError when there is no C++ compiler.
+    `frozen` lets inductor fold weights into constants (see `_compile`). BackendUnavailableError
+    when there is no C++ compiler.
     """
     threads = threads or torch.get_num_threads()
-    key = _cache_key(program, threads)
+    key = _cache_key(program, threads, frozen)
     folder = cache_root() / "aoti"
     cached, meta = folder / f"{key}{AOTI_SUFFIX}", folder / f"{key}.json"
     hit = cached.is_file() and meta.is_file()
@@ -79,17 +88,19 @@ def compile_aoti(
         reason = compiler_unavailable_reason()
         if reason is not None:
             raise BackendUnavailableError(f"aoti: {reason}")
-        compile_s = _compile(program, cached, threads=threads)
+        compile_s = _compile(program, cached, threads=threads, frozen=frozen)
         atomic_write_json(meta, {"compile_s": compile_s, "threads": threads})
     else:
         compile_s = float(json.loads(meta.read_text())["compile_s"])
         log.info("aoti: cache hit %s (compiled in %.1f s)", key, compile_s)
     with atomic_path(path, suffix=AOTI_SUFFIX) as tmp:
         shutil.copyfile(cached, tmp)
-    return AotiBuild(compile_s, threads, key, hit)
+    return AotiBuild(compile_s, threads, key, hit, frozen)
 
 
-def _compile(program: torch.export.ExportedProgram, target: Path, *, threads: int) -> float:
+def _compile(
+    program: torch.export.ExportedProgram, target: Path, *, threads: int, frozen: bool
+) -> float:
     import torch._inductor.config as inductor_config
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +110,7 @@ def _compile(program: torch.export.ExportedProgram, target: Path, *, threads: in
     # thread count. Inductor freezes only with grad off: compiled with grad on, the package
     # kept BatchNorm and plain aten convolutions, and ran 0.59x FP32 ORT on the ResNet-18-style
     # net where it runs 0.77x frozen (docs/design.md, "AOTInductor").
-    patch = {"freezing": True, "cpp.threads": threads}
+    patch = {"freezing": frozen, "cpp.threads": threads}
     with atomic_path(target, suffix=AOTI_SUFFIX) as tmp, quiet_torch():
         with inductor_config.patch(patch), torch.no_grad():
             torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
@@ -108,12 +119,13 @@ def _compile(program: torch.export.ExportedProgram, target: Path, *, threads: in
     return seconds
 
 
-def _cache_key(program: torch.export.ExportedProgram, threads: int) -> str:
+def _cache_key(program: torch.export.ExportedProgram, threads: int, frozen: bool) -> str:
     buffer = io.BytesIO()
     with quiet_torch():
         torch.export.save(program, buffer)
     isa = machine_fingerprint().get("isa", {})
-    identity = {"torch": torch.__version__, "threads": threads, "isa": isa, "frozen": "no-grad"}
+    frozen_as = "no-grad" if frozen else False
+    identity = {"torch": torch.__version__, "threads": threads, "isa": isa, "frozen": frozen_as}
     digest = hashlib.sha256(buffer.getvalue())
     digest.update(json.dumps(identity, sort_keys=True).encode())
     return digest.hexdigest()[:32]
@@ -121,13 +133,47 @@ def _cache_key(program: torch.export.ExportedProgram, threads: int) -> str:
 
 @EXPORTERS.register("aoti")
 def export_aoti(model: LoadedModel, path: Path, *, options: ExportOptions) -> Artifact:
-    """Write a `.aoti.pt2` AOTInductor package, dynamic along the dims the specs name."""
-    build = compile_aoti(to_exported_program(model), path, threads=options.threads)
+    """Write a `.aoti.pt2` AOTInductor package, dynamic along the dims the specs name.
+
+    The frozen package is checked on the example input against the program it was compiled
+    from; when inductor's frozen lowering computes something else (its INT8 convolution with a
+    residual add did on the demo: cosine 0.01), the program is compiled unfrozen instead and
+    the details say why.
+    """
+    program = to_exported_program(model)
+    build = compile_aoti(program, path, threads=options.threads)
+    details = build.details()
+    mismatch = _frozen_mismatch(model, path)
+    if mismatch is not None:
+        log.warning("aoti: the frozen package %s; compiling it unfrozen (slower)", mismatch)
+        build = compile_aoti(program, path, threads=options.threads, frozen=False)
+        details = {**build.details(), "unfrozen_because": mismatch}
     return Artifact.create(
         path,
         format=Format.AOTI,
         inputs=model.inputs,
         outputs=model.outputs,
         precision=Precision.FP32,
-        details=build.details(),
+        details=details,
     )
+
+
+#: The frozen package's first output must keep this cosine with the program's on the example.
+_FROZEN_MIN_COSINE = 0.99
+
+
+def _frozen_mismatch(model: LoadedModel, path: Path) -> str | None:
+    """None when the package at `path` computes what `model` does on its example, else how not."""
+    from torch._inductor import aoti_load_package
+
+    feeds = model.example or random_feeds(model.inputs, seed=0)
+    args = to_torch_inputs(model.inputs, feeds)
+    with torch.no_grad(), quiet_torch():
+        got = flatten_outputs(aoti_load_package(str(path))(*args))[0]
+    want = model.run(feeds)[model.outputs[0]]
+    a, b = np.ravel(got).astype(np.float64), np.ravel(want).astype(np.float64)
+    denom = float(np.linalg.norm(a) * np.linalg.norm(b))
+    cosine = float(a @ b / denom) if denom > 0 else float(np.array_equal(a, b))
+    if cosine >= _FROZEN_MIN_COSINE:
+        return None
+    return f"computed cosine {cosine:.4f} vs the program on the example input"

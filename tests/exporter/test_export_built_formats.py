@@ -40,30 +40,57 @@ def test_aoti_reports_compile_time_and_hits_its_cache(tiny_built, built_cache_di
     assert again.path.name == "model.aoti.pt2"
 
 
+def _conv_bn_model():
+    import torch
+
+    from torchship.loaded import LoadedModel
+    from torchship.specs import InputSpec
+
+    torch.manual_seed(0)
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU())
+    spec = InputSpec("x", "float32", (2, 3, 16, 16), dynamic={0: "batch"})
+    return LoadedModel(conv.eval(), (spec,), ("y",), source="test:conv-bn")
+
+
+def _package_code(path) -> str:
+    with zipfile.ZipFile(path) as package:
+        return "".join(
+            package.read(name).decode(errors="ignore")
+            for name in package.namelist()
+            if name.endswith(".cpp")
+        )
+
+
 @pytest.mark.slow
 def test_aoti_package_is_frozen_batchnorm_folded_and_conv_prepacked(tmp_path, monkeypatch):
     # Inductor freezes only with grad off; a package compiled with grad on kept BatchNorm and
     # plain aten convolutions and ran 0.59x FP32 ORT where the frozen one runs 0.77x.
     import torch
 
-    from torchship.loaded import LoadedModel
-    from torchship.specs import InputSpec
-
     monkeypatch.setenv("TORCHSHIP_CACHE_DIR", str(tmp_path / "cache"))
-    torch.manual_seed(0)
-    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU())
-    spec = InputSpec("x", "float32", (2, 3, 16, 16), dynamic={0: "batch"})
-    model = LoadedModel(conv.eval(), (spec,), ("y",), source="test:conv-bn")
+    model = _conv_bn_model()
     with torch.enable_grad():  # as a user's script would be
         (artifact,) = export_model(model, tmp_path / "out", formats=["aoti"])
-    with zipfile.ZipFile(artifact.path) as package:
-        code = "".join(
-            package.read(name).decode(errors="ignore")
-            for name in package.namelist()
-            if name.endswith(".cpp")
-        )
+    code = _package_code(artifact.path)
     assert "batch_norm" not in code
     assert "mkldnn" in code and "convolution_pointwise" in code
+    assert artifact.details["frozen"] is True and "unfrozen_because" not in artifact.details
+    require_parity(model, artifact)
+
+
+@pytest.mark.slow
+def test_a_frozen_package_that_computes_otherwise_is_compiled_unfrozen(tmp_path, monkeypatch):
+    # Inductor's frozen INT8 lowering of the demo (conv + residual add) computed cosine 0.01.
+    monkeypatch.setenv("TORCHSHIP_CACHE_DIR", str(tmp_path / "cache"))
+    real = aoti_module._frozen_mismatch
+    verdicts = iter(["computed cosine 0.0100 vs the program on the example input"])
+    monkeypatch.setattr(aoti_module, "_frozen_mismatch", lambda m, p: next(verdicts, None))
+    model = _conv_bn_model()
+    (artifact,) = export_model(model, tmp_path / "out", formats=["aoti"])
+    assert artifact.details["frozen"] is False
+    assert artifact.details["unfrozen_because"].startswith("computed cosine 0.0100")
+    assert "batch_norm" in _package_code(artifact.path)  # compiled as the program is
+    assert real(model, artifact.path) is None
     require_parity(model, artifact)
 
 
