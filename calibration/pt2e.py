@@ -141,6 +141,13 @@ def quantize_graph(
         ) from exc
     with torch.no_grad():
         for batch in calib.batches(short=ShortBatch.DROP):
-            prepared(*to_torch_inputs(inputs, batch.feeds))
+            try:
+                prepared(*to_torch_inputs(inputs, batch.feeds))
+            except Exception as exc:  # the observed graph broke what eager runs (aten.index
+                # got a float index on BERT with xnnpack): the candidate is refused, not a crash
+                raise CalibrationError(
+                    f"--target {target}: the model prepared for calibration failed on "
+                    f"{batch.origin}: {type(exc).__name__}: {first_line(exc)}"
+                ) from exc
     log.info("pt2e %s: calibrated on %d samples", target, calib.count)
     return convert_pt2e(prepared)

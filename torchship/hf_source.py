@@ -62,6 +62,7 @@ class HFModel:
     inputs: tuple[InputSpec, ...]
     outputs: tuple[str, ...]
     weights_sha256: str | None
+    task: str | None = None
 
 
 class _TaskWrapper(torch.nn.Module):
@@ -153,7 +154,7 @@ def load_hf(
     outputs = HF_TASKS[task][1]
     if task == "feature-extraction" and specs[0].name != "input_ids":
         outputs = ("pooled_features",)  # an image or a sound, not a sentence
-    return HFModel(wrapper, specs, outputs, digest)
+    return HFModel(wrapper, specs, outputs, digest, task)
 
 
 def _import_transformers():

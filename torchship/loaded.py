@@ -24,6 +24,8 @@ class LoadedModel:
     source: str
     weights_sha256: str | None = None
     example: dict[str, np.ndarray] = field(default_factory=dict)
+    #: what the first output holds, when the source says (`hf:` --task: "feature-extraction"...)
+    task: str | None = None
 
     def __post_init__(self) -> None:
         self.inputs = tuple(self.inputs)

@@ -21,6 +21,13 @@ SCHEMA = "torchship.manifest/1"
 _MAX_MANIFEST_BYTES = 64 << 20
 
 
+def _source(model: LoadedModel) -> dict:
+    """The model's origin; its task when the source recorded one (read back by quantize's
+    metric choice, `calibration/metrics.py::recorded_task`)."""
+    source = {"model": model.source, "weights_sha256": model.weights_sha256}
+    return source if model.task is None else {**source, "task": model.task}
+
+
 def build_manifest(
     out_dir: Path,
     *,
@@ -45,7 +52,7 @@ def build_manifest(
     return {
         "schema": SCHEMA,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "source": {"model": model.source, "weights_sha256": model.weights_sha256},
+        "source": _source(model),
         "inputs": [s.to_dict() for s in model.inputs],
         "outputs": list(model.outputs),
         "files": files,

@@ -91,7 +91,9 @@ def _load_hf(source, task, config, inputs, weights, trust_pickle, output_names) 
     digest = hf.weights_sha256
     if weights is not None:
         digest = load_weights(hf.module.model, weights, trust_pickle=trust_pickle)
-    return _finish(hf.module, hf.inputs, source, digest, output_names or hf.outputs)
+    loaded = _finish(hf.module, hf.inputs, source, digest, output_names or hf.outputs)
+    loaded.task = hf.task
+    return loaded
 
 
 def _finish(

@@ -4,6 +4,10 @@ Each candidate is built (export, ORT or PT2E INT8, compile, lower), held to the 
 on held-out data through the evaluator, and timed through the bench layer; the fastest verified
 one is chosen and every other one gets the reason it lost. Candidates a runtime cannot run here
 are skipped with the reason; past `time_budget_s` the rest are not tried.
+
+The measure follows the model's first output as quantize's does (docs/design.md, "Accuracy
+measures"): top-1 or agreement for class scores, cosine for embeddings and hidden states, SQNR
+or relative error for other tensors, always against FP32 eager on the eval data.
 """
 
 from __future__ import annotations
@@ -13,15 +17,19 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from torchship.artifact import Artifact
 from torchship.calibration import QuantizeOptions, quantize
+from torchship.calibration.accuracy import Accuracy
+from torchship.calibration.budget import BudgetOptions
+from torchship.calibration.eager_check import EagerCheck, eager_check, measure_text
+from torchship.calibration.metrics import Budget, Metric
 from torchship.data import LABELS_KEY, load_arrays
-from torchship.errors import CheckFailedError, ConfigError, ToolchainError, first_line
+from torchship.errors import CheckFailedError, ToolchainError, first_line
 from torchship.exporter import ExportOptions
 from torchship.exporter.checked import export_checked
 from torchship.files import atomic_write_json
@@ -29,7 +37,7 @@ from torchship.loaded import LoadedModel
 from torchship.manifest import build_manifest, write_manifest
 from torchship.quantize_pt2e import quantize_pt2e
 from torchship.runtimes import BenchConfig, bench_runner, get_runner, require_available
-from torchship.runtimes.evaluate import evaluate_top1
+from torchship.runtimes.evaluate import evaluate
 from torchship.staging import staged_output
 
 __all__ = [
@@ -46,8 +54,17 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Slack when comparing a drop with its budget (one sample in 400 is exactly 0.25 points).
-_TOLERANCE = 1e-9
+#: The top1/agreement budget of the search, points (stricter than one quantize's 1.0: the
+#: search picks among many candidates and ships one without a second look).
+DEFAULT_MAX_DROP = 0.5
+#: The QuantizeOptions field of each metric's budget.
+_OPTION_OF = {
+    Metric.TOP1: "max_drop",
+    Metric.AGREEMENT: "max_drop",
+    Metric.COSINE: "min_cosine",
+    Metric.SQNR: "min_sqnr",
+    Metric.RELERR: "max_relerr",
+}
 
 
 class Outcome(str, enum.Enum):
@@ -74,10 +91,20 @@ class CandidateResult:
     outcome: Outcome
     reason: str = ""
     artifact: Artifact | None = None
-    drop: float | None = None  # accuracy drop vs FP32 eager, percentage points
+    drop: float | None = None  # top1/agreement drop vs FP32 eager, percentage points
     p50_ms: float | None = None
     speedup: float | None = None  # reference p50 / this p50
     facts: dict = field(default_factory=dict)
+    metric: str = Metric.TOP1.value
+    #: what the budget reads: drop points (top1, agreement), mean cosine, SQNR dB, relerr
+    value: float | None = None
+    accuracy: Accuracy | None = None  # every measure, when the evaluator computed them
+
+    @property
+    def measured(self) -> str:
+        """The measure in words: "drop 0.25 points", "mean cosine 0.9981"..."""
+        value = self.drop if self.value is None else self.value
+        return "" if value is None else measure_text(self.metric, value)
 
     def to_dict(self) -> dict:
         return {
@@ -88,6 +115,9 @@ class CandidateResult:
             "reason": self.reason,
             "artifact": None if self.artifact is None else str(self.artifact.path),
             "drop_points": None if self.drop is None else round(self.drop, 4),
+            "metric": self.metric,
+            "value": None if self.value is None else round(self.value, 6),
+            "accuracy": None if self.accuracy is None else self.accuracy.to_dict(),
             "p50_ms": None if self.p50_ms is None else round(self.p50_ms, 4),
             "speedup": None if self.speedup is None else round(self.speedup, 4),
             "runtime_facts": self.facts,
@@ -100,16 +130,29 @@ class TuneReport:
     batch: int
     max_drop: float
     reference: str
+    #: the measure and its budget; None: top1 within `max_drop` (the pipeline's search)
+    budget: Budget | None = None
+    chosen_by: str = ""
+    warnings: tuple[str, ...] = ()
 
     @property
     def chosen(self) -> CandidateResult | None:
         return next((r for r in self.results if r.outcome is Outcome.CHOSEN), None)
+
+    @property
+    def measure(self) -> Budget:
+        return self.budget or Budget(Metric.TOP1, self.max_drop)
 
     def to_dict(self) -> dict:
         chosen = self.chosen
         return {
             "batch": self.batch,
             "max_drop": self.max_drop,
+            "metric": self.measure.metric.value,
+            "budget": self.measure.limit,
+            "budget_flag": self.measure.flag,
+            "chosen_by": self.chosen_by,
+            "warnings": list(self.warnings),
             "reference": self.reference,
             "chosen": None if chosen is None else chosen.candidate.name,
             "candidates": [r.to_dict() for r in self.results],
@@ -127,13 +170,33 @@ class Builds:
         *,
         calib: Mapping[str, np.ndarray],
         eval_data: Mapping[str, np.ndarray],
-        max_drop: float,
+        max_drop: float | None = None,
         threads: int | None,
+        budget: BudgetOptions | None = None,
     ) -> None:
         self.model, self.folder = model, Path(folder)
         self.calib, self.eval_data = calib, eval_data
-        self.max_drop, self.threads = max_drop, threads
+        self.threads = threads
+        # what was asked (a flag the chosen metric does not read is a warning), then defaults
+        self.asked = budget or BudgetOptions()
+        if max_drop is not None:
+            self.asked = replace(self.asked, max_drop=max_drop)
+        drop = DEFAULT_MAX_DROP if self.asked.max_drop is None else self.asked.max_drop
+        self.options = replace(self.asked, max_drop=drop)
         self._made: dict[str, Artifact] = {}
+        self._check: EagerCheck | None = None
+
+    @property
+    def max_drop(self) -> float:
+        return self.options.max_drop
+
+    def check(self) -> EagerCheck:
+        """The metric, its budget and FP32 eager's reference outputs, computed on first use."""
+        if self._check is None:
+            self._check = eager_check(
+                self.model, self.eval_data, asked=self.asked, options=self.options
+            )
+        return self._check
 
     def once(self, key: str, make: Callable[[Path], Artifact]) -> Artifact:
         """The artifact `key`, made by `make(folder)` on first use."""
@@ -156,9 +219,12 @@ class Builds:
 
     def ort_int8(self) -> Artifact:
         # A few nodes kept in FP32 at most: the search does not spend long on one candidate.
+        # The search's metric and budget, so an encoder's INT8 is not judged by argmax.
+        budget = self.check().budget
         options = QuantizeOptions(
-            bench=False, max_drop=self.max_drop, threads=self.threads, max_excluded=4
-        )
+            bench=False, threads=self.threads, max_excluded=4, metric=budget.metric.value,
+            **{_OPTION_OF[budget.metric]: budget.limit},
+        )  # fmt: skip
         return self.once(
             "int8",
             lambda d: quantize(
@@ -213,20 +279,23 @@ def search(
     """
     config = config or BenchConfig(warmup=5, min_time_s=1.0, threads=builds.threads)
     measure = measure or _bench_measure(config, batch)
-    reference = _eager_predictions(builds.model, builds.eval_data)
+    check = builds.check()
     start, results = time.monotonic(), []
     for candidate in candidates:
         spent = time_budget_s is not None and time.monotonic() - start > time_budget_s
         if results and spent:  # the reference always runs
             results.append(CandidateResult(candidate, Outcome.NOT_TRIED, "time budget spent"))
             continue
-        results.append(_try(candidate, builds, reference, measure))
+        results.append(_try(candidate, builds, measure))
         gc.collect()
     rank(results)
-    return TuneReport(results, batch, builds.max_drop, candidates[0].name if candidates else "")
+    return TuneReport(
+        results, batch, builds.max_drop, candidates[0].name if candidates else "",
+        budget=check.budget, chosen_by=check.choice.reason, warnings=check.warnings,
+    )  # fmt: skip
 
 
-def _try(candidate: Candidate, builds: Builds, reference, measure: Measure) -> CandidateResult:
+def _try(candidate: Candidate, builds: Builds, measure: Measure) -> CandidateResult:
     get_runner(candidate.runtime)  # an unknown name is a ConfigError, not a skip
     try:
         require_available(candidate.runtime)
@@ -235,13 +304,19 @@ def _try(candidate: Candidate, builds: Builds, reference, measure: Measure) -> C
         return CandidateResult(candidate, Outcome.FAILED, first_line(exc, limit=160))
     except ToolchainError as exc:  # unavailable here, or a quantizer/lowering refused the model
         return CandidateResult(candidate, Outcome.SKIPPED, first_line(exc, limit=160))
-    drop = _drop(candidate.runtime, artifact, builds, reference)
-    result = CandidateResult(candidate, Outcome.VERIFIED, artifact=artifact, drop=drop)
-    if drop > builds.max_drop + _TOLERANCE:
-        result.outcome = Outcome.FAILED
-        result.reason = f"accuracy drop {drop:.2f} points > budget {builds.max_drop:g}"
+    check = builds.check()
+    feeds = {s.name: builds.eval_data[s.name] for s in builds.model.inputs}
+    outputs = evaluate(artifact, feeds, runtime=candidate.runtime, threads=builds.threads)
+    accuracy = check.accuracy(outputs)
+    value, missed = check.verdict(accuracy)
+    metric = check.choice.metric
+    result = CandidateResult(
+        candidate, Outcome.FAILED if missed else Outcome.VERIFIED, missed, artifact=artifact,
+        drop=value if metric in (Metric.TOP1, Metric.AGREEMENT) else None, metric=metric.value,
+        value=value, accuracy=accuracy,
+    )  # fmt: skip
     result.p50_ms, result.facts = measure(candidate.runtime, artifact)
-    log.info("tune: %s p50 %.3f ms, drop %.2f points", candidate.name, result.p50_ms, drop)
+    log.info("tune: %s p50 %.3f ms, %s", candidate.name, result.p50_ms, result.measured)
     return result
 
 
@@ -257,7 +332,7 @@ def rank(results: list[CandidateResult]) -> None:
         return
     best = min(verified, key=lambda r: r.p50_ms)
     best.outcome = Outcome.CHOSEN
-    best.reason = f"fastest verified: p50 {best.p50_ms:.3f} ms, drop {best.drop:.2f} points"
+    best.reason = f"fastest verified: p50 {best.p50_ms:.3f} ms, {best.measured}"
     for r in verified:
         if r is not best:
             r.reason = f"slower: p50 {r.p50_ms:.3f} ms, {r.p50_ms / best.p50_ms:.2f}x the chosen"
@@ -271,28 +346,6 @@ def _bench_measure(config: BenchConfig, batch: int) -> Measure:
     return run
 
 
-def _eager_predictions(model: LoadedModel, data: Mapping[str, np.ndarray]) -> np.ndarray:
-    feeds = {s.name: np.asarray(data[s.name]) for s in model.inputs}
-    count = len(next(iter(feeds.values())))
-    chunks = [
-        model.run({k: v[i : i + 64] for k, v in feeds.items()})[model.outputs[0]]
-        for i in range(0, count, 64)
-    ]
-    return np.concatenate(chunks).argmax(axis=-1)
-
-
-def _drop(runtime: str, artifact: Artifact, builds: Builds, reference: np.ndarray) -> float:
-    """Top-1 drop vs FP32 eager in points: against labels when the eval data has them, else
-    the share of samples whose top-1 changed."""
-    data = builds.eval_data
-    feeds = {s.name: data[s.name] for s in builds.model.inputs}
-    labels = data.get(LABELS_KEY)
-    if labels is None:
-        return 100.0 * (1.0 - evaluate_top1(runtime, artifact, feeds, reference))
-    fp32 = float(np.mean(reference == np.asarray(labels)))
-    return 100.0 * (fp32 - evaluate_top1(runtime, artifact, feeds, np.asarray(labels)))
-
-
 REPORT_NAME = "tune_report.json"
 
 
@@ -302,7 +355,8 @@ def tune_model(
     *,
     calib: str | Path,
     eval_data: str | Path,
-    max_drop: float = 0.5,
+    max_drop: float | None = None,
+    budget: BudgetOptions | None = None,
     batch: int = 8,
     threads: int | None = None,
     min_time_s: float = 1.0,
@@ -311,17 +365,22 @@ def tune_model(
     command: Sequence[str] | None = None,
 ) -> TuneReport:
     """Search the candidates for `model`; write every built artifact, `tune_report.json` and a
-    manifest whose `release` names the chosen artifact to `out` (staged, moved when complete)."""
-    if not 0 <= max_drop <= 100:
-        raise ConfigError(f"--max-drop {max_drop}: must be 0..100 percentage points")
+    manifest whose `release` names the chosen artifact to `out` (staged, moved when complete).
+
+    `budget` holds `--metric` and the limits (None: chosen from the output, quantize's
+    defaults); `max_drop`, when given, replaces its top1/agreement limit (default 0.5 points).
+    """
+    budget = budget or BudgetOptions()
+    if max_drop is not None:
+        budget = replace(budget, max_drop=max_drop)  # validated again: ConfigError when bad
     calib_arrays = load_arrays(calib, inputs=model.inputs, what="--calib")
     calib_arrays.pop(LABELS_KEY, None)
     eval_arrays = load_arrays(eval_data, inputs=model.inputs, what="--eval")
     config = BenchConfig(warmup=5, min_time_s=min_time_s, batches=(batch,), threads=threads)
     with staged_output(out) as stage:
         builds = Builds(
-            model, stage, calib=calib_arrays, eval_data=eval_arrays, max_drop=max_drop,
-            threads=threads,
+            model, stage, calib=calib_arrays, eval_data=eval_arrays, threads=threads,
+            budget=budget,
         )  # fmt: skip
         report = search(
             candidates or default_candidates(), builds, batch=batch, config=config,

@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from torchship.artifact import Format, Precision
-from torchship.calibration.pt2e import PT2E_TARGETS, split_repeated_calls
+from torchship.calibration.pt2e import PT2E_TARGETS, quantize_graph, split_repeated_calls
 from torchship.cli.main import main
-from torchship.errors import ConfigError
+from torchship.data import open_data
+from torchship.errors import CalibrationError, ConfigError
 from torchship.runtimes import get_runner
 
 CONVNET = textwrap.dedent(
@@ -155,3 +156,25 @@ def test_pt2e_bad_input_exits_2(argv, message, convnet, tmp_path, capsys):
 def test_unknown_pt2e_target_lists_the_valid_ones():
     with pytest.raises(ConfigError, match=r"unknown PT2E target 'arm'; valid: .*xnnpack"):
         PT2E_TARGETS.get("arm")
+
+
+def test_a_prepared_graph_failing_on_calibration_is_a_calibration_error(monkeypatch):
+    """(BERT's prepared graph fed aten.index a float index under xnnpack): one line, and the
+    deployment search skips the candidate instead of stopping."""
+    if _available("xnnpack"):
+        pytest.skip(_available("xnnpack"))
+    import torchao.quantization.pt2e.quantize_pt2e as pt2e_api
+
+    def broken(graph, quantizer):
+        def run(*args):
+            raise IndexError("tensors used as indices must be long, int, byte or bool tensors")
+
+        return run
+
+    monkeypatch.setattr(pt2e_api, "prepare_pt2e", broken)
+    spec = _spec()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 4)).eval()
+    graph = torch.export.export(model, (torch.zeros(2, 1, 8, 8),)).module()
+    data = open_data({"x": np.zeros((4, 1, 8, 8), np.float32)}, inputs=(spec,))
+    with pytest.raises(CalibrationError, match="prepared for calibration failed on .*IndexError"):
+        quantize_graph(graph, inputs=(spec,), target="xnnpack", calib=data)

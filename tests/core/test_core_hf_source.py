@@ -59,7 +59,7 @@ def test_a_model_without_token_types_gets_no_token_type_ids():
 )
 def test_the_task_chooses_the_named_outputs(task, name, shape):
     model = load_model("hf:BertConfig", config=BERT, task=task)
-    assert model.outputs == (name,)
+    assert model.outputs == (name,) and model.task == task  # what the metric choice reads
     assert model.run(model.example)[name].shape == shape
 
 
@@ -156,6 +156,7 @@ def test_hf_folder_round_trip_through_save_pretrained(tmp_path, monkeypatch):
     transformers.BertForSequenceClassification(config).save_pretrained(tmp_path / "saved")
     model = load_model(f"hf:{tmp_path / 'saved'}")  # the task comes from `architectures`
     assert model.outputs == ("logits",) and model.weights_sha256
+    assert model.task == "sequence-classification"
     with pytest.raises(ConfigError, match="--config applies to hf:ConfigClass"):
         load_model(f"hf:{tmp_path / 'saved'}", config=BERT)
 
@@ -171,6 +172,8 @@ def test_config_class_export_to_onnx_with_parity(tmp_path, capsys):
     assert dims == ["batch", "seq"]
     assert [o.name for o in graph.output] == ["logits"]
     assert "parity: pass" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"]["task"] == "sequence-classification"  # read back by quantize
 
 
 @pytest.mark.skipif(importlib.util.find_spec("timm") is not None, reason="timm is installed")

@@ -141,21 +141,44 @@ def comparison_table(result: DocumentComparison) -> Table:
 
 
 def tune_table(report: TuneReport) -> Table:
-    """Every candidate of `torchship tune` with its outcome and why."""
-    table = Table(title=f"candidates at batch {report.batch} (max drop {report.max_drop:g} points)")
-    for column in ("candidate", "runtime", "precision", "p50 ms", f"vs {report.reference}", "drop"):
+    """Every candidate of `torchship tune` with its outcome, its measure and why."""
+    budget = report.measure
+    title = f"candidates at batch {report.batch}: {budget.describe()}"
+    if report.chosen_by:
+        title += f", chosen by {report.chosen_by}"
+    table = Table(title=title)
+    for column in ("candidate", "runtime", "precision", "p50 ms", f"vs {report.reference}"):
         table.add_column(column)
+    table.add_column(_MEASURE_HEADERS[budget.metric.value])
     table.add_column("outcome")
     for r in report.results:
+        value = r.drop if r.value is None else r.value
         table.add_row(
             r.candidate.name, r.candidate.runtime,
             str(r.facts.get("inference_precision", r.candidate.precision)),
             "" if r.p50_ms is None else f"{r.p50_ms:.3f}",
             "" if r.speedup is None else f"{r.speedup:.2f}x",
-            "" if r.drop is None else f"{r.drop:.2f}",
+            "" if value is None else _MEASURE_FORMATS[r.metric].format(value),
             f"{r.outcome.value}: {r.reason}",
         )  # fmt: skip
     return table
+
+
+#: the measure column of the tune table: its header and how a value prints
+_MEASURE_HEADERS = {
+    "top1": "drop pt",
+    "agreement": "drop pt",
+    "cosine": "cosine",
+    "sqnr": "SQNR dB",
+    "relerr": "relerr",
+}
+_MEASURE_FORMATS = {
+    "top1": "{:.2f}",
+    "agreement": "{:.2f}",
+    "cosine": "{:.4f}",
+    "sqnr": "{:.1f}",
+    "relerr": "{:.4g}",
+}
 
 
 def release_line(release: dict) -> str:

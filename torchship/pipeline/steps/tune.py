@@ -235,7 +235,7 @@ class ReleaseStep(Step):
         if eager.accuracy is not None and m.accuracy is not None:
             drop = 100 * (eager.accuracy - m.accuracy)
         result = CandidateResult(candidate, Outcome.VERIFIED, artifact=m.artifact, drop=drop,
-                                 p50_ms=m.p50_ms)  # fmt: skip
+                                 p50_ms=m.p50_ms, metric="top1", value=drop)  # fmt: skip
         if m.artifact.details.get("passed") is False:
             result.outcome, result.reason = Outcome.FAILED, "missed its INT8 accuracy budget"
         elif drop is None:
