@@ -65,17 +65,8 @@ class BudgetOptions:
 
     def unused_limits(self, metric: Metric) -> list[str]:
         """Flags given that the chosen metric does not read (worth a warning)."""
-        reads = {
-            Metric.TOP1: "max_drop",
-            Metric.AGREEMENT: "max_drop",
-            Metric.COSINE: "min_cosine",
-            Metric.SQNR: "min_sqnr",
-            Metric.RELERR: "max_relerr",
-        }[metric]
-        flags = ("max_drop", "min_cosine", "min_sqnr", "max_relerr")
-        return [
-            "--" + f.replace("_", "-") for f in flags if f != reads and getattr(self, f) is not None
-        ]
+        unread = {m.option: m.flag for m in Metric if m.option != metric.option}
+        return [flag for option, flag in unread.items() if getattr(self, option) is not None]
 
 
 @dataclass(frozen=True)

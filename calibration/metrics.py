@@ -56,6 +56,15 @@ class Metric(str, enum.Enum):
             valid = ", ".join(m.value for m in cls)
             raise ConfigError(f"--metric {value!r}: valid: auto, {valid}") from None
 
+    @property
+    def option(self) -> str:
+        """The option that holds this metric's limit (`max_drop`, `min_cosine`, ...)."""
+        return _OPTIONS[self]
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.option.replace("_", "-")
+
 
 #: Defaults of each metric's budget (the CLI flag beside it).
 DEFAULT_LIMITS = {
@@ -65,12 +74,14 @@ DEFAULT_LIMITS = {
     Metric.SQNR: 20.0,  # --min-sqnr, dB (noise at 1% of the signal's power)
     Metric.RELERR: 0.1,  # --max-relerr (the same 1% noise power as 20 dB)
 }
-_FLAGS = {
-    Metric.TOP1: "--max-drop",
-    Metric.AGREEMENT: "--max-drop",
-    Metric.COSINE: "--min-cosine",
-    Metric.SQNR: "--min-sqnr",
-    Metric.RELERR: "--max-relerr",
+#: The option that holds each metric's limit: a QuantizeOptions / BudgetOptions field and a
+#: pipeline.toml key; the CLI flag is its dashed form (`--max-drop`).
+_OPTIONS = {
+    Metric.TOP1: "max_drop",
+    Metric.AGREEMENT: "max_drop",
+    Metric.COSINE: "min_cosine",
+    Metric.SQNR: "min_sqnr",
+    Metric.RELERR: "max_relerr",
 }
 
 
@@ -92,18 +103,20 @@ class Budget:
         min_sqnr: float | None = None,
         max_relerr: float | None = None,
     ) -> Budget:
-        given = {
-            Metric.TOP1: max_drop,
-            Metric.AGREEMENT: max_drop,
-            Metric.COSINE: min_cosine,
-            Metric.SQNR: min_sqnr,
-            Metric.RELERR: max_relerr,
-        }[metric]
+        limits = {
+            "max_drop": max_drop, "min_cosine": min_cosine,
+            "min_sqnr": min_sqnr, "max_relerr": max_relerr,
+        }  # fmt: skip
+        given = limits[metric.option]
         return cls(metric, DEFAULT_LIMITS[metric] if given is None else float(given))
 
     @property
     def flag(self) -> str:
-        return _FLAGS[self.metric]
+        return self.metric.flag
+
+    @property
+    def option(self) -> str:
+        return self.metric.option
 
     @property
     def higher_is_better(self) -> bool:

@@ -95,6 +95,22 @@ PT2E_TARGETS.register("x86-inductor")(
 )
 
 
+def _leave_out(quantizer: Any, names: Sequence[str]) -> None:
+    """Tell `quantizer` not to annotate the nodes of the modules `names`."""
+    if hasattr(quantizer, "set_module_name_qconfig"):  # X86InductorQuantizer: None = float
+        for name in names:
+            quantizer.set_module_name_qconfig(name, None)
+        return
+    kept = tuple(names)  # XNNPACKQuantizer refuses a None config; it takes a node filter
+
+    def annotate(node: torch.fx.Node) -> bool:
+        stack = node.meta.get("nn_module_stack") or {}
+        paths = (path.split("@", 1)[0] for path, _ in stack.values())
+        return not any(p == k or p.startswith(k + ".") for p in paths for k in kept)
+
+    quantizer.set_filter_function(annotate)
+
+
 def split_repeated_calls(graph: torch.fx.GraphModule) -> int:
     """Give each call of a module that is called several times its own source partition.
 
@@ -126,12 +142,16 @@ def quantize_graph(
     inputs: Sequence[InputSpec],
     target: str,
     calib: DataSet,
+    keep_fp32: Sequence[str] = (),
 ) -> torch.fx.GraphModule:
-    """INT8 `graph` (a `torch.export(...).module()`) for `target`, calibrated on `calib`."""
+    """INT8 `graph` (a `torch.export(...).module()`) for `target`, calibrated on `calib`; the
+    modules named in `keep_fp32` (qualified names, with their submodules) stay FP32."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     spec = PT2E_TARGETS.get(target)
     quantizer = spec.quantizer()
+    if keep_fp32:
+        _leave_out(quantizer, keep_fp32)
     split_repeated_calls(graph)
     try:
         prepared = prepare_pt2e(graph, quantizer)

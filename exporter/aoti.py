@@ -27,12 +27,17 @@ from torchship.exporter.exported_program import to_exported_program
 from torchship.files import atomic_path, atomic_write_json
 from torchship.fingerprint import machine_fingerprint
 from torchship.loaded import LoadedModel, flatten_outputs, to_torch_inputs
+from torchship.runtimes.compare import compare_output
 from torchship.runtimes.tensorrt.cache import cache_root
+from torchship.runtimes.tolerance import tolerance_for
 from torchship.specs import random_feeds
 
 __all__ = ["AotiBuild", "compiler_unavailable_reason", "compile_aoti", "export_aoti"]
 
 log = logging.getLogger(__name__)
+
+#: A frozen package must keep this profile (cosine >= 0.99) with its program on the example.
+_FROZEN_PROFILE = tolerance_for("int8")
 
 
 @dataclass(frozen=True)
@@ -158,22 +163,26 @@ def export_aoti(model: LoadedModel, path: Path, *, options: ExportOptions) -> Ar
     )
 
 
-#: The frozen package's first output must keep this cosine with the program's on the example.
-_FROZEN_MIN_COSINE = 0.99
-
-
 def _frozen_mismatch(model: LoadedModel, path: Path) -> str | None:
-    """None when the package at `path` computes what `model` does on its example, else how not."""
+    """None when the package at `path` computes what `model` does on its example, else how not.
+
+    Cosine only (the INT8 profile): the program may itself be a PT2E INT8 one, and the check is
+    for a wrong lowering, not for rounding.
+    """
     from torch._inductor import aoti_load_package
 
     feeds = model.example or random_feeds(model.inputs, seed=0)
     args = to_torch_inputs(model.inputs, feeds)
     with torch.no_grad(), quiet_torch():
-        got = flatten_outputs(aoti_load_package(str(path))(*args))[0]
-    want = model.run(feeds)[model.outputs[0]]
-    a, b = np.ravel(got).astype(np.float64), np.ravel(want).astype(np.float64)
-    denom = float(np.linalg.norm(a) * np.linalg.norm(b))
-    cosine = float(a @ b / denom) if denom > 0 else float(np.array_equal(a, b))
-    if cosine >= _FROZEN_MIN_COSINE:
-        return None
-    return f"computed cosine {cosine:.4f} vs the program on the example input"
+        arrays = flatten_outputs(aoti_load_package(str(path))(*args))
+    # not strict: an output the package does not return fails the comparison as "missing"
+    got = dict(zip(model.outputs, arrays, strict=False))
+    want = model.run(feeds)
+    for name in model.outputs:
+        expected = np.asarray(want[name])
+        c = compare_output(
+            "example", name, expected, got, _FROZEN_PROFILE, reference_name="the program"
+        )
+        if not c.passed:
+            return f"computed {name} at cosine {c.cosine:.4f} vs the program on the example input"
+    return None

@@ -275,11 +275,14 @@ def _other_runtime_rows(case, root, shipped, base, min_time, data, reference) ->
                                 runtime="openvino"))  # fmt: skip
     if "executorch" in here:
         result = quantize_pt2e(
-            case.model, root / "xnnpack", target="xnnpack", calib=case.calib, threads=THREADS
-        )
+            case.model, root / "xnnpack", target="xnnpack", calib=case.calib,
+            eval_data=case.evaluation, max_drop=case.max_drop, threads=THREADS,
+        )  # fmt: skip
+        kept = result.artifact.details.get("kept_fp32", [])
+        note = "PT2E XNNPACKQuantizer" + (f"; FP32: {', '.join(kept)}" if kept else "")
         rows.append(_mobile_row(case, "torchship quantize --target xnnpack (ExecuTorch .pte)",
-                                result.artifact, base, min_time, data, reference,
-                                "PT2E XNNPACKQuantizer", runtime="executorch"))  # fmt: skip
+                                result.artifact, base, min_time, data, reference, note,
+                                runtime="executorch"))  # fmt: skip
     return rows
 
 

@@ -19,7 +19,9 @@ import numpy as np
 
 from torchship.artifact import Artifact, Precision
 from torchship.calibration.accuracy import within_budget
+from torchship.calibration.fallback import DEFAULT_MAX_FALLBACK_TIME_S
 from torchship.calibration.pt2e import PT2E_TARGETS, quantize_graph
+from torchship.calibration.pt2e_fallback import quantize_within_budget
 from torchship.calibration.quantize import QuantizeResult
 from torchship.data import LABELS_KEY, DataSet, ShortBatch, load_arrays, open_data
 from torchship.errors import ConfigError
@@ -53,6 +55,8 @@ def quantize_pt2e(
     calib: str | Path | Mapping[str, np.ndarray],
     eval_data: str | Path | Mapping[str, np.ndarray] | None = None,
     max_drop: float | None = None,
+    max_excluded: int | None = None,
+    max_fallback_time_s: float | None = DEFAULT_MAX_FALLBACK_TIME_S,
     inputs: Sequence[InputSpec] | None = None,
     weights: str | Path | None = None,
     trust_pickle: bool = False,
@@ -65,6 +69,9 @@ def quantize_pt2e(
 ) -> QuantizeResult:
     """PT2E INT8 of `source` for `target`; writes the artifact, a report and a manifest to `out`.
 
+    With labelled `eval_data`, a top-1 drop over `max_drop` keeps the most sensitive modules
+    in FP32 (`calibration/pt2e_fallback.py`: at most `max_excluded`, within
+    `max_fallback_time_s`); the report's `fallback` says what was tried and kept.
     `out` defaults to `<source stem>-int8-<target>/` beside a file source, else in the current
     folder only when given. BackendUnavailableError (exit 3) when the target's packages or
     runtime are missing, before any work.
@@ -82,9 +89,17 @@ def quantize_pt2e(
     out_dir = Path(out) if out is not None else _default_out(model, target)
     calib_set = open_data(calib, inputs=model.inputs, samples=samples, seed=seed)
     graph = to_exported_program(model).module()
-    quantized = replace(model, module=quantize_graph(
-        graph, inputs=model.inputs, target=target, calib=calib_set
-    ))  # fmt: skip
+    eval_arrays = None if eval_data is None else load_arrays(eval_data, inputs=model.inputs,
+                                                             what="--eval")  # fmt: skip
+    fallback = None
+    if eval_arrays is not None and LABELS_KEY in eval_arrays:
+        module, fallback = quantize_within_budget(
+            model, graph, target=target, calib=calib_set, eval_data=eval_arrays,
+            max_drop=max_drop, max_excluded=max_excluded, max_time_s=max_fallback_time_s,
+        )  # fmt: skip
+    else:
+        module = quantize_graph(graph, inputs=model.inputs, target=target, calib=calib_set)
+    quantized = replace(model, module=module)
     warnings: list[str] = []
     with staged_output(out_dir) as stage:
         (built,) = export_model(
@@ -92,9 +107,12 @@ def quantize_pt2e(
             stem=f"model.int8-{target}",
         )  # fmt: skip
         details = {**built.details, "quantizer": spec.about, "calibration": calib_set.describe()}
+        if fallback is not None and fallback.excluded:
+            details["kept_fp32"] = list(fallback.excluded)
         artifact = replace(built, precision=Precision.INT8, details=details)
         report = _check(model, artifact, spec.runtime, calib_set, eval_data, max_drop, warnings)
         report.update(target=target, calibration=calib_set.describe(), warnings=warnings)
+        report["fallback"] = None if fallback is None else fallback.to_dict()
         atomic_write_json(stage / REPORT_NAME, report)
         manifest = build_manifest(
             stage, model=model, artifacts=[artifact], command=command,

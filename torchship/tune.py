@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import gc
 import logging
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -57,14 +58,6 @@ log = logging.getLogger(__name__)
 #: The top1/agreement budget of the search, points (stricter than one quantize's 1.0: the
 #: search picks among many candidates and ships one without a second look).
 DEFAULT_MAX_DROP = 0.5
-#: The QuantizeOptions field of each metric's budget.
-_OPTION_OF = {
-    Metric.TOP1: "max_drop",
-    Metric.AGREEMENT: "max_drop",
-    Metric.COSINE: "min_cosine",
-    Metric.SQNR: "min_sqnr",
-    Metric.RELERR: "max_relerr",
-}
 
 
 class Outcome(str, enum.Enum):
@@ -199,11 +192,15 @@ class Builds:
         return self._check
 
     def once(self, key: str, make: Callable[[Path], Artifact]) -> Artifact:
-        """The artifact `key`, made by `make(folder)` on first use."""
+        """The artifact `key`, made by `make(folder)` on first use (a failed make leaves none)."""
         if key not in self._made:
             folder = self.folder / key
             folder.mkdir(parents=True, exist_ok=True)
-            self._made[key] = make(folder)
+            try:
+                self._made[key] = make(folder)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
         return self._made[key]
 
     def reuse(self, key: str, artifact: Artifact) -> None:
@@ -223,7 +220,7 @@ class Builds:
         budget = self.check().budget
         options = QuantizeOptions(
             bench=False, threads=self.threads, max_excluded=4, metric=budget.metric.value,
-            **{_OPTION_OF[budget.metric]: budget.limit},
+            **{budget.option: budget.limit},
         )  # fmt: skip
         return self.once(
             "int8",

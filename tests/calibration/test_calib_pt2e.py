@@ -178,3 +178,92 @@ def test_a_prepared_graph_failing_on_calibration_is_a_calibration_error(monkeypa
     data = open_data({"x": np.zeros((4, 1, 8, 8), np.float32)}, inputs=(spec,))
     with pytest.raises(CalibrationError, match="prepared for calibration failed on .*IndexError"):
         quantize_graph(graph, inputs=(spec,), target="xnnpack", calib=data)
+
+
+class _Sensitive(nn.Module):
+    """conv a -> conv b -> linear head, where INT8 ruins b: a's channel 0 is 1e4 times the
+    others, so b's per-tensor input scale rounds channels 1-7 (all b reads) to zero."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8 * 8 * 8, 4)
+        with torch.no_grad():
+            self.a.weight[0] *= 1e4
+            self.a.bias[0] *= 1e4
+            self.b.weight[:, 0] *= 1e-6
+
+    def forward(self, x):
+        return self.head(torch.relu(self.b(torch.relu(self.a(x)))).flatten(1))
+
+
+def _sensitive_case():
+    """The model, its captured graph, calibration data and labelled eval data (labels are FP32's
+    own predictions, the logits centred so every class occurs)."""
+    from torchship.exporter.exported_program import to_exported_program
+    from torchship.loaded import LoadedModel
+    from torchship.specs import InputSpec
+
+    module = _Sensitive().eval()
+    x = np.random.default_rng(0).standard_normal((96, 3, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        module.head.bias -= module(torch.from_numpy(x)).mean(0)
+        labels = module(torch.from_numpy(x)).argmax(1).numpy()
+    spec = InputSpec("x", "float32", (2, 3, 8, 8), dynamic={0: "batch"})
+    model = LoadedModel(module, (spec,), ("logits",), source="test:sensitive")
+    calib = open_data({"x": x[:32]}, inputs=(spec,))
+    return model, to_exported_program(model).module(), calib, {"x": x[32:], "labels": labels[32:]}
+
+
+@pytest.mark.parametrize(("target", "kept"), [("xnnpack", {"a", "b"}), ("x86-inductor", None)])
+def test_the_budget_keeps_the_module_int8_ruins_in_fp32(target, kept):
+    from torchship.calibration.pt2e_fallback import quantizable_modules, quantize_within_budget
+
+    if _available(target):
+        pytest.skip(_available(target))
+    model, graph, calib, evaluation = _sensitive_case()
+    assert quantizable_modules(graph) == ["a", "b", "head"]
+    module, result = quantize_within_budget(
+        model, graph, target=target, calib=calib, eval_data=evaluation, max_drop=1.0
+    )
+    assert result.initial.drop > 50 and result.passed and result.accuracy.drop <= 1.0
+    assert max(result.sensitivity, key=result.sensitivity.get) == "b"
+    assert "b" in result.excluded and len(result.excluded) == 2  # one module stays INT8
+    if kept is not None:  # XNNPACK quantizes a's output for b: both stay FP32, the head INT8
+        assert set(result.excluded) == kept
+    ops = {str(n.target) for n in module.graph.nodes}
+    assert any("dequantize" in op for op in ops)  # not all FP32
+
+
+def test_a_budget_int8_already_holds_tries_nothing_more():
+    from torchship.calibration.pt2e_fallback import quantize_within_budget
+
+    if _available("xnnpack"):
+        pytest.skip(_available("xnnpack"))
+    model, graph, calib, evaluation = _sensitive_case()
+    _, result = quantize_within_budget(
+        model, graph, target="xnnpack", calib=calib, eval_data=evaluation, max_drop=100.0
+    )
+    assert result.passed and result.excluded == () and len(result.trials) == 1
+
+
+@pytest.mark.slow
+def test_quantize_xnnpack_reports_the_modules_it_kept_in_fp32(tmp_path, capsys):
+    from torchship.quantize_pt2e import quantize_pt2e
+
+    if _available("xnnpack"):
+        pytest.skip(_available("xnnpack"))
+    model, _, calib, evaluation = _sensitive_case()
+    result = quantize_pt2e(
+        model, tmp_path / "q", target="xnnpack", calib={"x": evaluation["x"][:32]},
+        eval_data=evaluation, max_drop=1.0, threads=1,
+    )  # fmt: skip
+    assert result.passed, result.report
+    assert set(result.artifact.details["kept_fp32"]) == {"a", "b"}
+    fallback = result.report["fallback"]
+    assert fallback["passed"] and fallback["initial_drop"] > 50 and fallback["tried"] > 1
+    assert result.report["accuracy"]["drop"] <= 1.0  # the lowered .pte, not the eager model
+    saved = json.loads((tmp_path / "q" / "quantize_report.json").read_text())
+    assert saved["fallback"]["excluded_nodes"] == fallback["excluded_nodes"]

@@ -12,7 +12,7 @@ import torch
 from torchship.artifact import Artifact, Format
 from torchship.calibration.budget import BudgetOptions
 from torchship.cli.tables import tune_table
-from torchship.errors import ConfigError
+from torchship.errors import CalibrationError, ConfigError
 from torchship.loaded import LoadedModel
 from torchship.runtimes import BenchConfig
 from torchship.specs import InputSpec
@@ -99,6 +99,21 @@ def test_the_bench_layer_times_real_candidates(builds):
     report = search([Candidate("eager", "torch", "fp32", _eager(1.0))], builds, config=config)
     (only,) = report.results
     assert only.outcome is Outcome.CHOSEN and only.p50_ms > 0 and only.speedup == 1.0
+
+
+def test_a_candidate_that_fails_to_build_is_skipped_and_leaves_no_folder(builds):
+    def refuse(folder):
+        (folder / "half-written.pte").write_bytes(b"x")
+        raise CalibrationError("pt2e: the quantizer cannot annotate this model")
+
+    candidates = [
+        Candidate("reference", "torch", "fp32", _eager(1.0)),
+        Candidate("refused", "torch", "int8", lambda b: b.once("int8-refused", refuse)),
+    ]
+    report = search(candidates, builds, measure=_fake_times({1.0: 1.0}))
+    assert report.results[1].outcome is Outcome.SKIPPED
+    assert "cannot annotate" in report.results[1].reason
+    assert not (builds.folder / "int8-refused").exists()
 
 
 def test_default_candidates_cover_every_cpu_runtime():

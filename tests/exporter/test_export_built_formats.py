@@ -83,15 +83,36 @@ def test_a_frozen_package_that_computes_otherwise_is_compiled_unfrozen(tmp_path,
     # Inductor's frozen INT8 lowering of the demo (conv + residual add) computed cosine 0.01.
     monkeypatch.setenv("TORCHSHIP_CACHE_DIR", str(tmp_path / "cache"))
     real = aoti_module._frozen_mismatch
-    verdicts = iter(["computed cosine 0.0100 vs the program on the example input"])
+    verdicts = iter(["computed logits at cosine 0.0100 vs the program on the example input"])
     monkeypatch.setattr(aoti_module, "_frozen_mismatch", lambda m, p: next(verdicts, None))
     model = _conv_bn_model()
     (artifact,) = export_model(model, tmp_path / "out", formats=["aoti"])
     assert artifact.details["frozen"] is False
-    assert artifact.details["unfrozen_because"].startswith("computed cosine 0.0100")
+    assert artifact.details["unfrozen_because"].startswith("computed logits at cosine 0.0100")
     assert "batch_norm" in _package_code(artifact.path)  # compiled as the program is
     assert real(model, artifact.path) is None
     require_parity(model, artifact)
+
+
+@pytest.mark.parametrize(
+    ("package_output", "verdict"),
+    [
+        (lambda y: y + 1e-3, None),
+        (lambda y: -y, "computed y at cosine -1.0000"),
+        (lambda y: y * float("nan"), "computed y at cosine"),
+    ],
+)
+def test_frozen_check_compares_the_package_with_its_program(
+    tmp_path, monkeypatch, package_output, verdict
+):
+    import torch._inductor
+
+    model = _conv_bn_model()
+    monkeypatch.setattr(
+        torch._inductor, "aoti_load_package", lambda path: lambda x: package_output(model.module(x))
+    )
+    got = aoti_module._frozen_mismatch(model, tmp_path / "m.aoti.pt2")
+    assert got == verdict if verdict is None else got.startswith(verdict)
 
 
 @pytest.mark.slow

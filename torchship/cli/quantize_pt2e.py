@@ -37,6 +37,8 @@ def quantize_pt2e_command(args: argparse.Namespace, *, console: Console, argv) -
             calib=_required_calib(args),
             eval_data=args.eval,
             max_drop=args.max_drop,
+            max_excluded=args.max_fp32_nodes,
+            max_fallback_time_s=args.max_fallback_time,
             inputs=specs_from_args(args) or None,
             weights=args.weights,
             trust_pickle=args.trust_pickle,
@@ -74,6 +76,13 @@ def _print_summary(console: Console, result) -> None:
             f"top-1 {100 * accuracy['top1']:.2f}% vs FP32 {100 * accuracy['fp32_top1']:.2f}%: "
             f"drop {accuracy['drop']:.2f} points (max {accuracy['max_drop']:g}), "
             f"{accuracy['samples']} samples"
+        )
+    fallback = report.get("fallback")
+    if fallback and fallback["tried"] > 1:
+        kept = fallback["excluded_nodes"]
+        console.print(
+            f"fallback: {fallback['tried']} tried, {fallback['stopped']}; "
+            f"kept in FP32: {', '.join(kept) if kept else 'none'}"
         )
     for warning in result.warnings:
         console.print(Text.assemble(("warning:", "bold yellow"), f" {warning}"))
