@@ -231,14 +231,18 @@ class Builds:
         )  # fmt: skip
 
     def pt2e_int8(self, target: str) -> Artifact:
+        # Under a top-1 budget, PT2E's own fallback keeps the modules INT8 hurts most in FP32
+        # (calibration/pt2e_fallback.py); other measures are the search's check alone.
+        budget = self.check().budget
+        by_top1 = budget.metric is Metric.TOP1
         return self.once(
             f"int8-{target}",
-            lambda d: (
-                quantize_pt2e(
-                    self.model, d, target=target, calib=dict(self.calib), threads=self.threads
-                ).artifact
-            ),
-        )
+            lambda d: quantize_pt2e(
+                self.model, d, target=target, calib=dict(self.calib),
+                eval_data=dict(self.eval_data) if by_top1 else None,
+                max_drop=budget.limit if by_top1 else None, threads=self.threads,
+            ).artifact,
+        )  # fmt: skip
 
 
 def default_candidates() -> list[Candidate]:
