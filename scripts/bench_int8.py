@@ -276,7 +276,7 @@ def _other_runtime_rows(case, root, shipped, base, min_time, data, reference) ->
     if "executorch" in here:
         result = quantize_pt2e(
             case.model, root / "xnnpack", target="xnnpack", calib=case.calib,
-            eval_data=case.evaluation, max_drop=case.max_drop, threads=THREADS,
+            eval_data=case.evaluation, max_drop=case.max_drop, threads=THREADS, bench=False,
         )  # fmt: skip
         kept = result.artifact.details.get("kept_fp32", [])
         note = "PT2E XNNPACKQuantizer" + (f"; FP32: {', '.join(kept)}" if kept else "")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 from torchship.artifact import Artifact, Precision
 from torchship.calibration.accuracy import within_budget
 from torchship.calibration.fallback import DEFAULT_MAX_FALLBACK_TIME_S
+from torchship.calibration.proof import bench_batch_for
 from torchship.calibration.pt2e import PT2E_TARGETS, quantize_graph
 from torchship.calibration.pt2e_fallback import quantize_within_budget
 from torchship.calibration.quantize import QuantizeResult
@@ -33,6 +35,7 @@ from torchship.manifest import build_manifest, write_manifest
 from torchship.runtimes.base import get_runner, require_available
 from torchship.runtimes.compare import compare_output
 from torchship.runtimes.evaluate import evaluate_top1
+from torchship.runtimes.interleaved import interleaved_ab
 from torchship.runtimes.tolerance import tolerance_for
 from torchship.sources import load_model
 from torchship.specs import InputSpec
@@ -45,6 +48,8 @@ log = logging.getLogger(__name__)
 PT2E_TARGET_NAMES = tuple(PT2E_TARGETS.names())
 REPORT_NAME = "quantize_report.json"
 _PARITY_BATCHES = 4
+#: The timing proof: rounds of about this many seconds per side.
+_TIMING_ROUNDS, _ROUND_S = 6, 0.25
 
 
 def quantize_pt2e(
@@ -65,13 +70,16 @@ def quantize_pt2e(
     samples: int | None = None,
     seed: int = 0,
     threads: int | None = None,
+    bench: bool = True,
     command: Sequence[str] | None = None,
 ) -> QuantizeResult:
     """PT2E INT8 of `source` for `target`; writes the artifact, a report and a manifest to `out`.
 
     With labelled `eval_data`, a top-1 drop over `max_drop` keeps the most sensitive modules
     in FP32 (`calibration/pt2e_fallback.py`: at most `max_excluded`, within
-    `max_fallback_time_s`); the report's `fallback` says what was tried and kept.
+    `max_fallback_time_s`); the report's `fallback` says what was tried and kept. With `bench`,
+    the INT8 file is timed against the FP32 file of the same format on the same runtime, in
+    interleaved rounds (`timing`); one that is not faster is marked with a warning.
     `out` defaults to `<source stem>-int8-<target>/` beside a file source, else in the current
     folder only when given. BackendUnavailableError (exit 3) when the target's packages or
     runtime are missing, before any work.
@@ -113,6 +121,7 @@ def quantize_pt2e(
         report = _check(model, artifact, spec.runtime, calib_set, eval_data, max_drop, warnings)
         report.update(target=target, calibration=calib_set.describe(), warnings=warnings)
         report["fallback"] = None if fallback is None else fallback.to_dict()
+        report["timing"] = _timing(model, artifact, spec, threads, warnings) if bench else None
         atomic_write_json(stage / REPORT_NAME, report)
         manifest = build_manifest(
             stage, model=model, artifacts=[artifact], command=command,
@@ -124,6 +133,39 @@ def quantize_pt2e(
     return QuantizeResult(
         final, out_dir, report["passed"], report, out_dir / "manifest.json", tuple(warnings)
     )
+
+
+def _timing(model: LoadedModel, artifact: Artifact, spec, threads, warnings: list[str]) -> dict:
+    """INT8 vs the FP32 file of the same format on `spec.runtime`, built in a scratch folder."""
+    with tempfile.TemporaryDirectory(prefix="torchship-pt2e-") as scratch:
+        (fp32,) = export_model(
+            model,
+            Path(scratch),
+            formats=[spec.format.value],
+            options=ExportOptions(threads=threads),
+        )
+        batch = bench_batch_for(artifact)
+        ab = interleaved_ab(
+            fp32, artifact, runtime=spec.runtime, batch=batch, threads=threads,
+            rounds=_TIMING_ROUNDS, round_s=_ROUND_S,
+        )  # fmt: skip
+    speedup = 1.0 / ab.ratio if ab.ratio > 0 else 0.0
+    if speedup <= 1.0:
+        warnings.append(
+            f"INT8 is NOT faster than FP32 on {spec.runtime}: {speedup:.2f}x at batch {batch} "
+            f"(p50 {ab.b_latency_ms.p50:.3f} ms vs {ab.a_latency_ms.p50:.3f} ms); ship the FP32 "
+            "file or try `torchship tune`"
+        )
+    return {
+        "runtime": spec.runtime,
+        "batch": batch,
+        "threads": threads,
+        "p50_ms": round(ab.b_latency_ms.p50, 4),
+        "fp32_p50_ms": round(ab.a_latency_ms.p50, 4),
+        "speedup": round(speedup, 4),
+        "faster": speedup > 1.0,
+        "timed": f"interleaved, {_TIMING_ROUNDS} rounds, vs FP32 {spec.format.value}",
+    }
 
 
 def _default_out(model: LoadedModel, target: str) -> Path:

@@ -240,7 +240,7 @@ class Builds:
             lambda d: quantize_pt2e(
                 self.model, d, target=target, calib=dict(self.calib),
                 eval_data=dict(self.eval_data) if by_top1 else None,
-                max_drop=budget.limit if by_top1 else None, threads=self.threads,
+                max_drop=budget.limit if by_top1 else None, threads=self.threads, bench=False,
             ).artifact,
         )  # fmt: skip
 

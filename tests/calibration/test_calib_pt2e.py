@@ -102,6 +102,9 @@ def test_xnnpack_writes_a_checked_int8_pte(convnet, tmp_path, capsys):
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["parity"]["passed"] and report["accuracy"]["samples"] == 32
     assert report["calibration"]["samples"] == 32
+    timing = report["timing"]  # against the FP32 .pte on the same runtime, not a speed assert
+    assert timing["runtime"] == "executorch" and timing["p50_ms"] > 0 and timing["fp32_p50_ms"] > 0
+    assert timing["faster"] == (timing["speedup"] > 1.0) and "timing on executorch" in captured.out
     manifest = json.loads((out / "manifest.json").read_text())
     (entry,) = manifest["artifacts"]
     assert entry["path"] == "model.int8-xnnpack.pte" and entry["format"] == Format.EXECUTORCH.value
@@ -121,7 +124,7 @@ def test_x86_inductor_writes_an_int8_aoti_package(convnet, tmp_path, monkeypatch
     specs = [_spec()]
     result = quantize_pt2e(
         convnet, tmp_path / "q", target="x86-inductor", calib=tmp_path / "calib.npz",
-        inputs=specs, threads=1,
+        inputs=specs, threads=1, bench=False,
     )  # fmt: skip
     assert result.passed, result.report
     assert result.artifact.path.name == "model.int8-x86-inductor.aoti.pt2"
@@ -258,7 +261,7 @@ def test_quantize_xnnpack_reports_the_modules_it_kept_in_fp32(tmp_path, capsys):
     model, _, calib, evaluation = _sensitive_case()
     result = quantize_pt2e(
         model, tmp_path / "q", target="xnnpack", calib={"x": evaluation["x"][:32]},
-        eval_data=evaluation, max_drop=1.0, threads=1,
+        eval_data=evaluation, max_drop=1.0, threads=1, bench=False,
     )  # fmt: skip
     assert result.passed, result.report
     assert set(result.artifact.details["kept_fp32"]) == {"a", "b"}

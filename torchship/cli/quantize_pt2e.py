@@ -47,6 +47,7 @@ def quantize_pt2e_command(args: argparse.Namespace, *, console: Console, argv) -
             samples=args.samples,
             seed=args.seed,
             threads=args.threads,
+            bench=not args.no_bench,
             command=argv,
         )
     if args.json:
@@ -83,6 +84,13 @@ def _print_summary(console: Console, result) -> None:
         console.print(
             f"fallback: {fallback['tried']} tried, {fallback['stopped']}; "
             f"kept in FP32: {', '.join(kept) if kept else 'none'}"
+        )
+    timing = report.get("timing")
+    if timing:
+        console.print(
+            f"timing on {timing['runtime']} (batch {timing['batch']}): INT8 "
+            f"{timing['p50_ms']:.3f} ms vs FP32 {timing['fp32_p50_ms']:.3f} ms, "
+            f"{timing['speedup']:.2f}x ({timing['timed']})"
         )
     for warning in result.warnings:
         console.print(Text.assemble(("warning:", "bold yellow"), f" {warning}"))
