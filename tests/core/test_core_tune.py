@@ -339,3 +339,33 @@ def test_tune_command_on_an_embedding_prints_its_measure(tmp_path, capsys):
     bad = main([str(a) for a in [*argv, "--min-cosine", "2", "-o", tmp_path / "bad"]])
     assert bad == 2 and not (tmp_path / "bad").exists()
     assert "--min-cosine 2.0: must be -1..1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tune_on_a_transformer_holds_its_embedding_to_cosine(tmp_path):
+    """End to end on an HF architecture built from its config: the search reads cosine (the
+    task says embeddings), builds ORT INT8 under that budget and ships a verified candidate."""
+    from torchship.models.hf_zoo import HF_ZOO
+    from torchship.sources import load_model
+    from torchship.specs import random_feeds
+    from torchship.tune import tune_model
+
+    bert = next(e for e in HF_ZOO if e.name == "BERT")
+    model = load_model(bert.source, config=bert.config_json, task="feature-extraction")
+    np.savez(tmp_path / "calib.npz", **random_feeds(model.inputs, seed=0, batch=32))
+    np.savez(tmp_path / "eval.npz", **random_feeds(model.inputs, seed=1, batch=32))
+    wanted = {"ort fp32", "ort int8", "openvino int8"}
+    report = tune_model(
+        model, tmp_path / "tuned", calib=tmp_path / "calib.npz", eval_data=tmp_path / "eval.npz",
+        candidates=[c for c in default_candidates() if c.name in wanted], min_time_s=0.05,
+        threads=1,
+    )  # fmt: skip
+    saved = json.loads((tmp_path / "tuned" / "tune_report.json").read_text())
+    assert saved["metric"] == "cosine"
+    by_name = {r.candidate.name: r for r in report.results}
+    assert by_name["ort int8"].outcome in (Outcome.CHOSEN, Outcome.VERIFIED, Outcome.FAILED)
+    assert by_name["ort int8"].artifact.precision.value == "int8"
+    assert report.chosen is not None and report.chosen.outcome is Outcome.CHOSEN
+    manifest = json.loads((tmp_path / "tuned" / "manifest.json").read_text())
+    assert manifest["release"]
+    assert not any(p.is_dir() and not any(p.iterdir()) for p in (tmp_path / "tuned").rglob("*"))
