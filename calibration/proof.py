@@ -56,23 +56,39 @@ def bench_batch_for(artifact: Artifact, requested: int | None = None) -> int:
 
 
 def bench_vs_fp32(source: Artifact, artifact: Artifact, *, options) -> dict:
-    """FP32 and candidate on ort-cpu, timed in alternating rounds in one run.
+    """FP32 and candidate on ort-cpu, timed in alternating rounds in one run (`timed_vs_fp32`);
+    each side runs about `options.bench_min_time_s` * 2 seconds in all."""
+    return timed_vs_fp32(
+        source, artifact, runtime="ort-cpu", batch=bench_batch_for(artifact, options.bench_batch),
+        threads=options.threads, seconds=2 * options.bench_min_time_s,
+    )  # fmt: skip
+
+
+def timed_vs_fp32(
+    source: Artifact,
+    artifact: Artifact,
+    *,
+    runtime: str,
+    batch: int,
+    threads: int | None,
+    seconds: float,
+) -> dict:
+    """FP32 `source` and `artifact` on `runtime`, timed in alternating rounds in one run.
 
     `speedup` is FP32 over candidate latency, the median of per-round ratios, so load that
     changes during the run hits both sides alike (runtimes.interleaved); the p50s pool all
-    rounds. Each side runs about `options.bench_min_time_s` * 2 seconds in all.
+    rounds. Each side runs about `seconds` in all.
     """
-    batch = bench_batch_for(artifact, options.bench_batch)
     rounds = _TIMING_ROUNDS
     ab = interleaved_ab(
-        source, artifact, runtime="ort-cpu", batch=batch, threads=options.threads,
-        rounds=rounds, iters_per_round=200, round_s=2 * options.bench_min_time_s / rounds,
+        source, artifact, runtime=runtime, batch=batch, threads=threads,
+        rounds=rounds, iters_per_round=200, round_s=seconds / rounds,
     )  # fmt: skip
     speedup = 1.0 / ab.ratio if ab.ratio > 0 else 0.0
     return {
-        "runtime": "ort-cpu",
+        "runtime": runtime,
         "batch": batch,
-        "threads": options.threads,
+        "threads": threads,
         "p50_ms": round(ab.b_latency_ms.p50, 4),
         "fp32_p50_ms": round(ab.a_latency_ms.p50, 4),
         "speedup": round(speedup, 4),

@@ -24,7 +24,7 @@ from torchship.loaded import to_torch_inputs
 from torchship.registry import Registry
 from torchship.specs import InputSpec
 
-__all__ = ["PT2E_TARGETS", "Pt2eTarget", "quantize_graph", "split_repeated_calls"]
+__all__ = ["PT2E_TARGETS", "Pt2eTarget", "module_path", "quantize_graph", "split_repeated_calls"]
 
 log = logging.getLogger(__name__)
 
@@ -95,18 +95,35 @@ PT2E_TARGETS.register("x86-inductor")(
 )
 
 
-def _leave_out(quantizer: Any, names: Sequence[str]) -> None:
-    """Tell `quantizer` not to annotate the nodes of the modules `names`."""
-    if hasattr(quantizer, "set_module_name_qconfig"):  # X86InductorQuantizer: None = float
-        for name in names:
-            quantizer.set_module_name_qconfig(name, None)
-        return
-    kept = tuple(names)  # XNNPACKQuantizer refuses a None config; it takes a node filter
+def module_path(path: str) -> str:
+    """A module's qualified name from an `nn_module_stack` path, without the `@<node>` mark
+    `split_repeated_calls` gives each call of a reused module."""
+    return path.split("@", 1)[0]
 
-    def annotate(node: torch.fx.Node) -> bool:
+
+def _leave_out(quantizer: Any, graph: torch.fx.GraphModule, names: Sequence[str]) -> None:
+    """Tell `quantizer` not to annotate the nodes of the modules `names` (and their children)."""
+    kept = tuple(names)
+
+    def inside(path: str) -> bool:
+        path = module_path(path)
+        return any(path == k or path.startswith(k + ".") for k in kept)
+
+    if hasattr(quantizer, "set_module_name_qconfig"):  # X86InductorQuantizer: None = float
+        # it matches names exactly, so each marked call of a reused module is named too
+        paths = {
+            path
+            for node in graph.graph.nodes
+            for path, _ in (node.meta.get("nn_module_stack") or {}).values()
+            if inside(path)
+        }
+        for path in sorted(paths | set(kept)):
+            quantizer.set_module_name_qconfig(path, None)
+        return
+
+    def annotate(node: torch.fx.Node) -> bool:  # XNNPACKQuantizer refuses None; takes a filter
         stack = node.meta.get("nn_module_stack") or {}
-        paths = (path.split("@", 1)[0] for path, _ in stack.values())
-        return not any(p == k or p.startswith(k + ".") for p in paths for k in kept)
+        return not any(inside(path) for path, _ in stack.values())
 
     quantizer.set_filter_function(annotate)
 
@@ -150,9 +167,9 @@ def quantize_graph(
 
     spec = PT2E_TARGETS.get(target)
     quantizer = spec.quantizer()
-    if keep_fp32:
-        _leave_out(quantizer, keep_fp32)
     split_repeated_calls(graph)
+    if keep_fp32:
+        _leave_out(quantizer, graph, keep_fp32)
     try:
         prepared = prepare_pt2e(graph, quantizer)
     except Exception as exc:  # the quantizer's pattern matching raises ValueError/AssertionError

@@ -12,10 +12,11 @@ each module's output adds over its input, as a noise-to-signal power ratio
 
 from __future__ import annotations
 
+import collections
 import copy
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from torchship.calibration.fallback import (
     FallbackResult,
     fallback_loop,
 )
-from torchship.calibration.pt2e import quantize_graph
+from torchship.calibration.pt2e import module_path, quantize_graph
 from torchship.data import DataSet
 from torchship.loaded import LoadedModel, to_torch_inputs
 from torchship.runtimes.evaluate import EvalOutputs
@@ -44,8 +45,8 @@ _WEIGHTED_OPS = {
     torch.ops.aten.conv3d.default,
     torch.ops.aten.linear.default,
 }
-#: Eval samples of the ranking pass.
-_RANKING_SAMPLES = 32
+#: Eval samples of the ranking pass, and how many run at a time.
+_RANKING_SAMPLES, _RANKING_BATCH = 32, 4
 
 
 def owner(node: torch.fx.Node) -> str | None:
@@ -53,8 +54,7 @@ def owner(node: torch.fx.Node) -> str | None:
     stack = node.meta.get("nn_module_stack")
     if not stack:
         return None
-    fqn = stack[next(reversed(stack))][0]
-    return fqn.split("@", 1)[0]  # split_repeated_calls marks each call "<fqn>@<node>"
+    return module_path(stack[next(reversed(stack))][0])
 
 
 def quantizable_modules(graph: torch.fx.GraphModule) -> list[str]:
@@ -64,36 +64,86 @@ def quantizable_modules(graph: torch.fx.GraphModule) -> list[str]:
 
 
 def module_sensitivity(
-    fp32: torch.fx.GraphModule,
+    graph: torch.fx.GraphModule,
     quantized: torch.fx.GraphModule,
     names: Sequence[str],
-    feeds: Sequence[torch.Tensor],
+    batches: Iterable[Sequence[torch.Tensor]],
 ) -> dict[str, float]:
     """Module -> the error its weighted ops inject in `quantized` (higher: INT8 hurts it more).
 
     A node keeps its name through prepare and convert. Each weighted op's quantized output is
     compared with the float op applied to the same (already noisy) float input with the FP32
-    weights, as a noise-to-signal power ratio: its own error, not the error it inherits.
+    weights, as a noise-to-signal power ratio: its own error, not the one it inherits. The FP32
+    weights are `graph`'s with BatchNorm folded in, as `prepare_pt2e` folds it before
+    annotating. The sums stream over `batches`; no activation outlives the op that reads it.
     """
-    ops = {n.name: n for n in quantized.graph.nodes if n.target in _WEIGHTED_OPS}
-    plans = {
-        n.name: (n, _float_source(ops[n.name].args[0]))
-        for n in fp32.graph.nodes
-        if n.name in ops and owner(n) in names and _float_source(ops[n.name].args[0]) is not None
-    }
-    constants = {
-        a.name for n, _ in plans.values() for a in n.args[1:] if isinstance(a, torch.fx.Node)
-    }
-    noisy = _values(quantized, feeds, set(plans) | {src.name for _, src in plans.values()})
-    exact = _values(fp32, feeds, constants)
+    from torchao.quantization.pt2e.utils import _fuse_conv_bn_, _fuse_linear_bn_
+
+    fused = copy.deepcopy(graph)
+    _fuse_conv_bn_(fused)
+    _fuse_linear_bn_(fused)
+    plans = _plans(fused, quantized, set(names))
+    sources = {plan.source for plan in plans.values()}
+    sums = collections.defaultdict(lambda: [0.0, 0.0])  # op -> [noise, signal]
+
+    class Scorer(torch.fx.Interpreter):
+        def run_node(self, n):
+            result = super().run_node(n)
+            if n.name in sources:
+                held[n.name] = result
+            plan = plans.get(n.name)
+            if plan is not None:
+                want = plan.apply(held[plan.source])
+                sums[n.name][0] += float((result.double() - want).pow(2).sum())
+                sums[n.name][1] += float(want.pow(2).sum())
+            return result
+
+    with torch.no_grad():
+        for feeds in batches:
+            held: dict[str, torch.Tensor] = {}
+            Scorer(quantized).run(*feeds)
     scores: dict[str, float] = {}
-    for name, (node, source) in plans.items():
-        args = [noisy[source.name], *(exact[a.name] if isinstance(a, torch.fx.Node) else a
-                                      for a in node.args[1:])]  # fmt: skip
-        want = node.target(*args, **node.kwargs)
-        score = _nsr(noisy[name], want)
-        scores[owner(node)] = max(scores.get(owner(node), 0.0), score)
+    for name, (noise, signal) in sums.items():
+        nsr = noise / signal if signal > 0 else 0.0
+        module = plans[name].module
+        scores[module] = max(scores.get(module, 0.0), nsr)
     return scores
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How to recompute one weighted op in float: its FP32 constants, from the fused graph."""
+
+    module: str
+    source: str  # the quantized graph's float tensor its input was quantized from
+    target: object
+    args: tuple
+    kwargs: dict
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return self.target(x.double(), *self.args, **self.kwargs)
+
+
+def _plans(fused: torch.fx.GraphModule, quantized: torch.fx.GraphModule, names: set[str]):
+    reference = {
+        n.name: n for n in fused.graph.nodes if n.target in _WEIGHTED_OPS and owner(n) in names
+    }
+    fetch = torch.fx.Interpreter(fused).fetch_attr
+    plans: dict[str, _Plan] = {}
+    for node in quantized.graph.nodes:
+        ref, source = reference.get(node.name), None
+        if ref is not None:
+            source = _float_source(node.args[0])
+        if source is None:
+            continue  # not a candidate, or kept in FP32 (its input is not quantized)
+        args = []
+        for a in ref.args[1:]:
+            if isinstance(a, torch.fx.Node) and a.op != "get_attr":
+                break  # a weight computed at run time: no FP32 constant to compare with
+            args.append(fetch(a.target).double() if isinstance(a, torch.fx.Node) else a)
+        else:
+            plans[node.name] = _Plan(owner(ref), source.name, ref.target, tuple(args), ref.kwargs)
+    return plans
 
 
 def _float_source(arg: object) -> torch.fx.Node | None:
@@ -106,28 +156,6 @@ def _float_source(arg: object) -> torch.fx.Node | None:
         return None
     source = quant.args[0]
     return source if isinstance(source, torch.fx.Node) else None
-
-
-def _values(graph: torch.fx.GraphModule, feeds, names: set[str]) -> dict[str, torch.Tensor]:
-    """The named nodes' outputs on `feeds`, float64."""
-    seen: dict[str, torch.Tensor] = {}
-
-    class Recorder(torch.fx.Interpreter):
-        def run_node(self, n):
-            result = super().run_node(n)
-            if n.name in names and isinstance(result, torch.Tensor):
-                seen[n.name] = result.detach().double()
-            return result
-
-    with torch.no_grad():
-        Recorder(graph).run(*feeds)
-    return seen
-
-
-def _nsr(got: torch.Tensor, want: torch.Tensor) -> float:
-    signal = float(want.pow(2).sum())
-    noise = float((got - want).pow(2).sum())
-    return noise / signal if signal > 0 else 0.0
 
 
 def quantize_within_budget(
@@ -146,24 +174,24 @@ def quantize_within_budget(
     found in `max_time_s`, else the one that lost least)."""
     check = eager_check(model, eval_data, asked=BudgetOptions(metric="top1", max_drop=max_drop))
     names = quantizable_modules(graph)
-    built: dict[tuple[str, ...], torch.fx.GraphModule] = {}
+    full: list[torch.fx.GraphModule] = []  # full INT8, kept for the ranking; trials are not
 
     def build(excluded: tuple[str, ...]) -> torch.fx.GraphModule:
-        if excluded not in built:
-            built[excluded] = quantize_graph(
-                copy.deepcopy(graph), inputs=model.inputs, target=target, calib=calib,
-                keep_fp32=excluded,
-            )  # fmt: skip
-        return built[excluded]
+        if not excluded and full:
+            return full[0]
+        quantized = quantize_graph(
+            copy.deepcopy(graph), inputs=model.inputs, target=target, calib=calib,
+            keep_fp32=excluded,
+        )  # fmt: skip
+        if not excluded:
+            full.append(quantized)
+        return quantized
 
     def evaluate(excluded: tuple[str, ...]) -> Accuracy:
         return _accuracy(model, build(excluded), eval_data, check)
 
     def rank() -> dict[str, float]:
-        feeds = to_torch_inputs(
-            model.inputs, {s.name: eval_data[s.name][:_RANKING_SAMPLES] for s in model.inputs}
-        )
-        return module_sensitivity(graph, build(()), names, feeds)
+        return module_sensitivity(graph, build(()), names, _ranking_batches(model, eval_data))
 
     result = fallback_loop(
         [(name, "module") for name in names], evaluate, budget=check.budget, rank=rank,
@@ -173,6 +201,15 @@ def quantize_within_budget(
         log.info("pt2e %s: %d modules kept in FP32: %s", target, len(result.excluded),
                  ", ".join(result.excluded))  # fmt: skip
     return build(result.excluded), result
+
+
+def _ranking_batches(model: LoadedModel, data: Mapping[str, np.ndarray]):
+    """The first `_RANKING_SAMPLES` eval samples, `_RANKING_BATCH` at a time, as torch inputs."""
+    for start in range(0, _RANKING_SAMPLES, _RANKING_BATCH):
+        feeds = {s.name: data[s.name][start : start + _RANKING_BATCH] for s in model.inputs}
+        if len(next(iter(feeds.values()))) == 0:
+            return
+        yield to_torch_inputs(model.inputs, feeds)
 
 
 def _accuracy(

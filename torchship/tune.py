@@ -177,6 +177,7 @@ class Builds:
         drop = DEFAULT_MAX_DROP if self.asked.max_drop is None else self.asked.max_drop
         self.options = replace(self.asked, max_drop=drop)
         self._made: dict[str, Artifact] = {}
+        self._failed: dict[str, ToolchainError] = {}
         self._check: EagerCheck | None = None
 
     @property
@@ -192,12 +193,20 @@ class Builds:
         return self._check
 
     def once(self, key: str, make: Callable[[Path], Artifact]) -> Artifact:
-        """The artifact `key`, made by `make(folder)` on first use (a failed make leaves none)."""
+        """The artifact `key`, made by `make(folder)` on first use. A failed make leaves no
+        folder, and its error is raised again for every other candidate sharing `key` (ORT and
+        OpenVINO share the INT8 file) rather than made again."""
+        if key in self._failed:
+            raise self._failed[key]
         if key not in self._made:
             folder = self.folder / key
             folder.mkdir(parents=True, exist_ok=True)
             try:
                 self._made[key] = make(folder)
+            except ToolchainError as exc:
+                shutil.rmtree(folder, ignore_errors=True)
+                self._failed[key] = exc
+                raise
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
@@ -240,7 +249,8 @@ class Builds:
             lambda d: quantize_pt2e(
                 self.model, d, target=target, calib=dict(self.calib),
                 eval_data=dict(self.eval_data) if by_top1 else None,
-                max_drop=budget.limit if by_top1 else None, threads=self.threads, bench=False,
+                max_drop=budget.limit if by_top1 else None, max_excluded=4,
+                threads=self.threads, bench=False,
             ).artifact,
         )  # fmt: skip
 
