@@ -39,6 +39,9 @@ class Pt2eTarget:
     make_quantizer: Callable[[], Any]
     extra: str
     about: str
+    #: The accuracy fallback scores each trial as the lowered file: lowering takes seconds (an
+    #: ExecuTorch program), not a C++ compile (an AOTInductor package: eager is scored instead).
+    trials_lowered: bool = False
 
     def quantizer(self) -> Any:
         """A configured quantizer; BackendUnavailableError naming the extra when missing."""
@@ -81,6 +84,7 @@ PT2E_TARGETS.register("xnnpack")(
         _xnnpack_quantizer,
         extra="executorch",
         about="XNNPACKQuantizer (symmetric, per-channel) -> ExecuTorch .pte",
+        trials_lowered=True,
     )
 )
 PT2E_TARGETS.register("x86-inductor")(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import collections
 import copy
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -38,6 +38,8 @@ __all__ = ["quantizable_modules", "module_sensitivity", "quantize_within_budget"
 
 log = logging.getLogger(__name__)
 
+#: module -> its first output on the eval data, as rows
+Outputs = Callable[[torch.fx.GraphModule], np.ndarray]
 #: The ops whose modules the fallback may keep in FP32 (where the quantizers put INT8 weights).
 _WEIGHTED_OPS = {
     torch.ops.aten.conv1d.default,
@@ -168,10 +170,16 @@ def quantize_within_budget(
     max_drop: float,
     max_excluded: int | None = None,
     max_time_s: float | None = DEFAULT_MAX_FALLBACK_TIME_S,
+    outputs: Outputs | None = None,
 ) -> tuple[torch.fx.GraphModule, FallbackResult]:
     """PT2E INT8 of `graph` whose top-1 drop on the labelled `eval_data` holds `max_drop`,
     keeping the fewest most sensitive modules in FP32 (the smallest passing configuration
-    found in `max_time_s`, else the one that lost least)."""
+    found in `max_time_s`, else the one that lost least).
+
+    `outputs(module)` gives a trial's first output on `eval_data`; by default the converted
+    module runs in eager PyTorch. A caller that can lower cheaply passes the lowered file's
+    outputs instead (XNNPACK's kernels round otherwise than the eager quantize/dequantize ops:
+    a trial passing in eager missed the budget as a `.pte` by a point)."""
     check = eager_check(model, eval_data, asked=BudgetOptions(metric="top1", max_drop=max_drop))
     names = quantizable_modules(graph)
     full: list[torch.fx.GraphModule] = []  # full INT8, kept for the ranking; trials are not
@@ -187,8 +195,10 @@ def quantize_within_budget(
             full.append(quantized)
         return quantized
 
+    run = outputs or (lambda module: eager_output(replace(model, module=module), eval_data))
+
     def evaluate(excluded: tuple[str, ...]) -> Accuracy:
-        return _accuracy(model, build(excluded), eval_data, check)
+        return _accuracy(run(build(excluded)), check)
 
     def rank() -> dict[str, float]:
         return module_sensitivity(graph, build(()), names, _ranking_batches(model, eval_data))
@@ -212,10 +222,7 @@ def _ranking_batches(model: LoadedModel, data: Mapping[str, np.ndarray]):
         yield to_torch_inputs(model.inputs, feeds)
 
 
-def _accuracy(
-    model: LoadedModel, quantized: torch.fx.GraphModule, data: Mapping, check: EagerCheck
-) -> Accuracy:
-    rows = eager_output(replace(model, module=quantized), data)
+def _accuracy(rows: np.ndarray, check: EagerCheck) -> Accuracy:
     outputs = EvalOutputs(
         rows.reshape(len(rows), -1).astype(np.float32, copy=False),
         check.reference.labels,

@@ -35,7 +35,7 @@ from torchship.loaded import LoadedModel
 from torchship.manifest import build_manifest, write_manifest
 from torchship.runtimes.base import get_runner, require_available
 from torchship.runtimes.compare import compare_output
-from torchship.runtimes.evaluate import evaluate_top1
+from torchship.runtimes.evaluate import evaluate, evaluate_top1
 from torchship.runtimes.tolerance import tolerance_for
 from torchship.sources import load_model
 from torchship.specs import InputSpec
@@ -105,9 +105,13 @@ def quantize_pt2e(
                                                              what="--eval")  # fmt: skip
     fallback = None
     if eval_arrays is not None and LABELS_KEY in eval_arrays:
+        lowered = (
+            _lowered_outputs(model, spec, eval_arrays, threads) if spec.trials_lowered else None
+        )
         module, fallback = quantize_within_budget(
             model, graph, target=target, calib=calib_set, eval_data=eval_arrays,
             max_drop=max_drop, max_excluded=max_excluded, max_time_s=max_fallback_time_s,
+            outputs=lowered,
         )  # fmt: skip
     else:
         module = quantize_graph(graph, inputs=model.inputs, target=target, calib=calib_set)
@@ -146,6 +150,20 @@ def quantize_pt2e(
     return QuantizeResult(
         final, out_dir, report["passed"], report, out_dir / "manifest.json", tuple(warnings)
     )
+
+
+def _lowered_outputs(model: LoadedModel, spec, data: Mapping[str, np.ndarray], threads):
+    """module -> the first output of its lowered file on `data`, built in a scratch folder."""
+    feeds = {s.name: data[s.name] for s in model.inputs}
+
+    def outputs(module) -> np.ndarray:
+        with tempfile.TemporaryDirectory(prefix="torchship-pt2e-") as scratch:
+            (built,) = export_model(replace(model, module=module), Path(scratch),
+                                    formats=[spec.format.value],
+                                    options=ExportOptions(threads=threads))  # fmt: skip
+            return evaluate(built, feeds, runtime=spec.runtime, threads=threads).logits
+
+    return outputs
 
 
 def _timing(model: LoadedModel, artifact: Artifact, spec, threads, warnings: list[str]) -> dict:
