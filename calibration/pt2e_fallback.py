@@ -3,10 +3,10 @@
 The same loop as the ONNX path (`calibration/fallback.py`: rank once, bisect how many of the
 top-ranked to keep in FP32), over the modules whose convolutions and linear layers a PT2E
 quantizer annotates. A trial re-annotates the captured graph without those modules, calibrates
-and converts it, and scores the converted module in eager PyTorch against FP32 eager (its
-quantize/dequantize ops compute what the lowered `.pte` or AOTInductor package does); only the
-configuration kept is lowered. The ranking is one pass of the fully quantized module: the noise
-each module's output adds over its input, as a noise-to-signal power ratio
+and converts it, and scores it against FP32 eager: as the lowered file where the caller can
+lower cheaply (XNNPACK), else the converted module in eager PyTorch. The ranking is one pass of
+the fully quantized module: each weighted op's own error (its output against the float op on
+the same noisy input with the FP32, BatchNorm-folded weights), as a noise-to-signal power ratio
 (docs/design.md, "PT2E accuracy fallback").
 """
 
